@@ -1,0 +1,26 @@
+"""One place for class names, their PBC frequencies and normalisation defaults."""
+
+from __future__ import annotations
+
+# BloodMNIST / PBC label order (label i is PBC_CLASSES[i]).
+PBC_CLASSES: tuple[str, ...] = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+
+# Image counts per class in the full PBC dataset (Acevedo et al. 2020, 17,092 images): the imbalance
+# the synthetic generator reproduces by default.
+PBC_COUNTS: tuple[int, ...] = (1218, 3117, 1551, 2895, 1214, 1420, 3329, 2348)
+
+# ImageNet statistics: what timm backbones expect; a checkpoint stores the values it was trained with.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+DEFAULT_IMAGE_SIZE = 96
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

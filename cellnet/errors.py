@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+
+class CellnetError(Exception):
+    """Bad input or state a user can fix; the message names the file, key or field and what was expected."""
+
+
+class DataError(CellnetError):
+    """A data source is missing, unreadable or malformed."""
+
+
+class ConfigError(CellnetError):
+    """A config/space YAML or a command-line value is invalid."""
+
+
+class CheckpointError(CellnetError):
+    """A checkpoint directory is missing, partial or tampered with."""
+
+
+class DivergedError(CellnetError):
+    """Training produced a NaN/inf loss; the run cannot continue."""

@@ -1,0 +1,1 @@
+"""Hyper-parameter search over cellnet on Ray Tune + Optuna + Ray Train."""
