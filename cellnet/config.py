@@ -92,7 +92,9 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(c.batch_size >= 2, f"batch_size must be >= 2, got {c.batch_size}")
     need(c.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {c.freeze_epochs}")
     need(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    need(c.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {list(CLASS_WEIGHTS)}, got {c.class_weights!r}")
+    need(
+        c.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {list(CLASS_WEIGHTS)}, got {c.class_weights!r}"
+    )
     need(c.mixup >= 0.0, f"mixup (alpha) must be >= 0, got {c.mixup}")
     need(c.cutmix >= 0.0, f"cutmix (alpha) must be >= 0, got {c.cutmix}")
     need(0.0 <= c.aug_strength <= 1.0, f"aug_strength must be in [0, 1], got {c.aug_strength}")
@@ -414,12 +416,15 @@ def _parse_when(text: Any, key: str) -> tuple[str, str, Any]:
 def _check_sections(cfg: ExperimentConfig) -> None:
     w, s, r = cfg.path, cfg.search, cfg.resources
     checks = [
-        (isinstance(cfg.data.source, str) and bool(cfg.data.source), f"data.source must be a SOURCE string"),
+        (isinstance(cfg.data.source, str) and bool(cfg.data.source), "data.source must be a SOURCE string"),
         (isinstance(cfg.data.image_size, int) and cfg.data.image_size >= 16, "data.image_size must be an int >= 16"),
         (isinstance(cfg.cv.folds, int) and cfg.cv.folds >= 2, f"cv.folds must be an int >= 2, got {cfg.cv.folds!r}"),
         (s.metric in METRICS, f"search.metric must be one of {list(METRICS)}, got {s.metric!r}"),
         (s.mode in ("max", "min"), f"search.mode must be max or min, got {s.mode!r}"),
-        (isinstance(s.num_samples, int) and s.num_samples >= 1, f"search.num_samples must be >= 1, got {s.num_samples!r}"),
+        (
+            isinstance(s.num_samples, int) and s.num_samples >= 1,
+            f"search.num_samples must be >= 1, got {s.num_samples!r}",
+        ),
         (isinstance(s.max_epochs, int) and s.max_epochs >= 1, f"search.max_epochs must be >= 1, got {s.max_epochs!r}"),
         (
             isinstance(s.grace_period, int) and 1 <= s.grace_period <= s.max_epochs,

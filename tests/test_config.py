@@ -1,0 +1,100 @@
+"""The one config parser: what it accepts, and that it rejects bad input naming the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellnet.config import ExperimentConfig, TrainConfig, load_config, parse_config
+from cellnet.errors import ConfigError
+
+
+def _write(tmp_path: Path, doc: dict) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_full_config_round_trips(tmp_path: Path) -> None:
+    doc = {
+        "name": "demo",
+        "data": {"source": "synthetic:400", "image_size": 32},
+        "cv": {"folds": 3, "seed": 1},
+        "train": {"batch_size": 32},
+        "search": {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "points_to_evaluate": [{"lr": 1e-5}]},
+        "resources": {"cpus_per_fold": 0.5},
+        "retrain": {"epochs": 2},
+        "space": {
+            "backbone": {"choice": ["test_resnet", "test_efficientnet"]},
+            "head_layers": {"int": [0, 2]},
+            "head_width": {"choice": [32, 64], "when": "head_layers > 0"},
+            "lr": {"loguniform": [1e-4, 1e-2]},
+            "dropout": {"uniform": [0.0, 0.5]},
+            "freeze_epochs": {"int": [0, 2], "step": 2},
+            "optimizer": "adamw",
+        },
+    }
+    cfg = load_config(_write(tmp_path, doc))
+    assert cfg.name == "demo" and cfg.cv.folds == 3 and cfg.resources.cpus_per_fold == 0.5
+    assert set(cfg.searched()) == {"backbone", "head_layers", "head_width", "lr", "dropout", "freeze_epochs"}
+    assert cfg.space["head_width"].when == ("head_layers", ">", 0)
+    assert not cfg.space["head_width"].condition_holds({"head_layers": 0})
+    assert cfg.space["head_width"].condition_holds({"head_layers": 1})
+    tc = cfg.train_config({"lr": 0.003, "backbone": "test_resnet"})
+    assert isinstance(tc, TrainConfig) and tc.lr == 0.003 and tc.batch_size == 32 and tc.optimizer == "adamw"
+    # The resolved form parses back to the same config.
+    again = parse_config(cfg.to_dict(), "again.yaml")
+    assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        ({"name": "x", "spaec": {}}, "unknown key 'spaec'"),
+        ({"name": "x", "space": {"learning_rate": 0.1}}, "unknown key space.'learning_rate'"),
+        ({"name": "x", "search": {"max_epoch": 3}}, "unknown key search.'max_epoch'"),
+        ({"name": "x", "space": {"lr": {"loguniform": [0.0, 1.0]}}}, "loguniform needs low > 0"),
+        ({"name": "x", "space": {"lr": {"uniform": [0.1, 0.01]}}}, "low < high"),
+        ({"name": "x", "space": {"dropout": {"uniform": [0.0, 1.5]}}}, "dropout must be in [0, 1)"),
+        ({"name": "x", "space": {"optimizer": {"choice": ["adamw", "adamx"]}}}, "optimizer must be one of"),
+        ({"name": "x", "space": {"backbone": "resnet_does_not_exist"}}, "is not a timm model name"),
+        ({"name": "x", "space": {"head_layers": {"uniform": [0, 2]}}}, "use int"),
+        ({"name": "x", "space": {"head_width": {"choice": [8], "when": "depth > 0"}}}, "unknown parameter 'depth'"),
+        ({"name": "x", "space": {"lr": {"loguniform": [1e-4, 1e-2], "choice": [1]}}}, "exactly one of"),
+        ({"name": "x", "search": {"grace_period": 9, "max_epochs": 3}}, "grace_period"),
+        ({"name": "x", "search": {"scheduler": "pbt"}}, "search.scheduler"),
+        ({"name": "x", "cv": {"folds": 1}}, "cv.folds"),
+        ({"name": "x", "resources": {"cpus_per_fold": 0}}, "cpus_per_fold"),
+        ({"name": "x", "train": {"lr": 0.1}, "space": {"lr": 0.2}}, "both train and space"),
+        ({"name": "bad name!"}, "name must be"),
+    ],
+)
+def test_bad_configs_name_the_key_and_file(tmp_path: Path, doc: dict, needle: str) -> None:
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_apply_on_top(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"name": "x", "search": {"num_samples": 4}})
+    cfg = load_config(path, {"search": {"num_samples": 9, "seed": None}, "cv": {"folds": 4}})
+    assert cfg.search.num_samples == 9 and cfg.search.seed == 0 and cfg.cv.folds == 4
+    assert isinstance(cfg, ExperimentConfig)
+
+
+def test_trainconfig_validates_directly() -> None:
+    with pytest.raises(ValueError, match="aug_strength"):
+        TrainConfig(aug_strength=2.0)
