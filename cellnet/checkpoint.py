@@ -1,0 +1,253 @@
+"""A checkpoint is one self-describing directory: `model.safetensors` (weights) + `cellnet.json` (everything else).
+
+cellnet.json holds what is needed to rebuild and use the model without the training code's state: backbone and head
+(inside the full TrainConfig), class names, image and input size, normalisation, metrics, library versions,
+provenance (git SHA, data hash, ...) and the sha256 of the weights file. Loading never unpickles: safetensors + JSON,
+the model is rebuilt from the config with pretrained=False and filled strictly; anything missing, extra, mis-shaped
+or altered is a CheckpointError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cellnet.config import TRAIN_FIELDS, TrainConfig
+from cellnet.errors import CheckpointError
+from cellnet.model import CellNet, build_model, check_state_dict
+
+WEIGHTS = "model.safetensors"
+META = "cellnet.json"
+FORMAT = "cellnet-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on the requested device) and its description."""
+
+    model: CellNet
+    config: TrainConfig
+    classes: tuple[str, ...]
+    image_size: int
+    input_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: nn.Module,
+    *,
+    config: TrainConfig,
+    classes: Sequence[str],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    metrics: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write `out_dir` atomically (a temp dir beside it, then rename; an existing checkpoint is replaced only once
+    the new one is complete). Returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    outputs = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    if outputs != [len(classes)]:
+        raise CheckpointError(
+            f"the model has {outputs[0] if outputs else '?'} outputs but {len(classes)} classes were given"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replaceable = out.is_dir() and ((out / META).is_file() or not any(out.iterdir()))
+    if out.exists() and not replaceable:
+        raise CheckpointError(f"{out} exists and is not a cellnet checkpoint directory; refusing to replace it")
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": config.backbone,
+            "head": {
+                "layers": config.head_layers,
+                "width": config.head_width,
+                "batchnorm": config.head_batchnorm,
+                "dropout": config.dropout,
+            },
+            "num_classes": len(classes),
+            "classes": list(classes),
+            "image_size": int(image_size),
+            "input_size": config.input_size,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "config": dataclasses.asdict(config),
+            "metrics": _jsonable(metrics),
+            "versions": _versions(),
+            "provenance": _jsonable(provenance or {}),
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+        }
+        _write_json(tmp / META, meta)
+        os.chmod(tmp, 0o755)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint directory (or its cellnet.json / model.safetensors) and rebuild the model in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file() and path.name in (META, WEIGHTS):
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory (expected {META} + {WEIGHTS})")
+    meta_path, weights_path = path / META, path / WEIGHTS
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint, {p.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: not a cellnet checkpoint (format {_get(meta, 'format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: checkpoint format_version {meta.get('format_version')!r} is not supported "
+            f"(this cellnet reads {FORMAT_VERSION})"
+        )
+    for key in ("classes", "image_size", "mean", "std", "config", "weights_sha256"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: key {key!r} is missing")
+    digest = _sha256(weights_path)
+    if digest != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights_path}: sha256 {digest[:12]}… does not match the {meta['weights_sha256'][:12]}… recorded in "
+            f"{META}; the weights were changed or truncated after saving"
+        )
+    config = _config_from(meta["config"], meta_path)
+    classes = tuple(str(c) for c in meta["classes"])
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    model = build_model(dataclasses.replace(config, pretrained=False, weights_file=None), len(classes))
+    check_state_dict(model, state, where=str(weights_path))
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        config=config,
+        classes=classes,
+        image_size=int(meta["image_size"]),
+        input_size=config.input_size,
+        mean=_triple(meta["mean"], "mean", meta_path),
+        std=_triple(meta["std"], "std", meta_path),
+        metrics=dict(meta.get("metrics") or {}),
+        meta=meta,
+        path=path,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _config_from(raw: Any, where: Path) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: 'config' must be a mapping of TrainConfig fields")
+    unknown = sorted(set(raw) - set(TRAIN_FIELDS))
+    if unknown:
+        raise CheckpointError(f"{where}: config has unknown keys {unknown} (written by a newer cellnet?)")
+    try:
+        return TrainConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: config is invalid ({e})") from None
+
+
+def _triple(v: Any, key: str, where: Path) -> tuple[float, float, float]:
+    if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, int | float) for x in v)):
+        raise CheckpointError(f"{where}: {key} must be a list of 3 numbers, got {v!r}")
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def _get(d: Any, key: str) -> Any:
+    return d.get(key) if isinstance(d, dict) else None
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    import cellnet
+
+    return {
+        "cellnet": cellnet.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy/torch scalars → Python numbers, tuples → lists, paths → str)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, str | bool | int | float) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished `new` to `dest`; an existing `dest` is moved aside first and deleted afterwards, so at any
+    moment `dest` is either the old complete checkpoint or the new one (never a mix)."""
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    old.rmdir()
+    os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

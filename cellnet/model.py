@@ -1,0 +1,171 @@
+"""The classifier: a timm backbone (features only) + a small dense head, and where its weights come from.
+
+`pretrained=True` means ImageNet weights or an error: from `weights_file` (safetensors or a torch state dict, loaded
+without unpickling), else through timm (Hugging Face cache; honours HF_HUB_OFFLINE). There is never a silent random
+initialisation when the user asked for pretrained weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from cellnet.config import TrainConfig
+from cellnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from cellnet.errors import CheckpointError, ConfigError
+
+
+class CellNet(nn.Module):
+    """`backbone` (timm, num_classes=0: pooled features) -> `head` (hidden layers, then the k-way linear output)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Sequential) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_head(
+    in_features: int,
+    num_classes: int,
+    *,
+    layers: int = 1,
+    width: int = 256,
+    batchnorm: bool = True,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """`layers` × (Linear → BatchNorm1d? → ReLU → Dropout), then Dropout (only when layers == 0) → Linear."""
+    mods: list[nn.Module] = []
+    n = in_features
+    for _ in range(layers):
+        mods.append(nn.Linear(n, width, bias=not batchnorm))
+        if batchnorm:
+            mods.append(nn.BatchNorm1d(width))
+        mods += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        n = width
+    if layers == 0 and dropout > 0:
+        mods.append(nn.Dropout(dropout))
+    mods.append(nn.Linear(n, num_classes))
+    return nn.Sequential(*mods)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> CellNet:
+    """The model `config` describes, with ImageNet weights in the backbone when `config.pretrained`."""
+    backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights_file=config.weights_file)
+    head = build_head(
+        feature_dim(backbone),
+        num_classes,
+        layers=config.head_layers,
+        width=config.head_width,
+        batchnorm=config.head_batchnorm,
+        dropout=config.dropout,
+    )
+    return CellNet(backbone, head)
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """Width of the pooled features a `num_classes=0` timm model returns: `head_hidden_size` where the model has a
+    pre-logits stage (MobileNetV3/V4's conv_head: 1024 or 1280), else `num_features`."""
+    width = getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None)
+    if not isinstance(width, int):
+        raise ConfigError(f"{type(backbone).__name__} does not report its feature width (head_hidden_size)")
+    return width
+
+
+def create_backbone(name: str, *, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
+    """A timm model with its classifier removed (`num_classes=0`), optionally with pretrained weights."""
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(f"backbone {name!r} is not a timm model name{hint}")
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    if weights_file is not None:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        load_backbone_weights(model, weights_file)
+        return model
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as e:  # timm/huggingface_hub raise many types (OSError, RuntimeError, LocalEntryNotFoundError)
+        raise ConfigError(
+            f"pretrained ImageNet weights for backbone {name!r} are not available ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'}). Either download them once with network access "
+            f"(they are cached under ~/.cache/huggingface; HF_HUB_OFFLINE=1 then uses the cache), or set "
+            f"weights_file to a local .safetensors / state-dict file for {name}, or set pretrained: false"
+        ) from None
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a backbone state dict (safetensors, or a torch file read with weights_only=True) strictly.
+
+    Keys of the ImageNet classifier (timm's `pretrained_cfg["classifier"]`) are dropped, since the backbone has none;
+    any other missing, unexpected or mis-shaped key is an error rather than a partly random backbone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weights_file {str(path)!r} does not exist")
+    state = read_state_dict(path)
+    pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    classifier = pretrained_cfg.get("classifier")
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    state = {k: v for k, v in state.items() if not any(k.startswith(h + ".") for h in heads)}
+    check_state_dict(model, state, where=f"weights_file {str(path)!r}")
+    model.load_state_dict(state, strict=True)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch state dict (possibly wrapped in 'state_dict'/'model'); no pickle."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"weights file {str(path)!r} could not be read as safetensors or a torch state dict ({e})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
+    """Raise CheckpointError naming the first missing/unexpected/mis-shaped keys of `state` for `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+    if problems:
+        raise CheckpointError(f"{where} does not match the model: " + ", ".join(problems))
+
+
+def model_normalisation(model: nn.Module) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The (mean, std) the backbone's pretrained weights expect (timm pretrained_cfg), else ImageNet's."""
+    backbone = getattr(model, "backbone", model)
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if not (mean and std and len(mean) == 3 and len(std) == 3):
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
