@@ -1,0 +1,265 @@
+"""Class probabilities from a checkpoint: the one inference path that `predict`, `evaluate` and `export` share.
+
+`predict_images` turns uint8 images (N×S×S×3) into probabilities: resize to the checkpoint's image_size (then its
+input_size if set), normalise with the checkpoint's mean/std, run the model in batches, softmax. With `tta` it
+averages the softmax over the 8 dihedral transforms (flips × 90° rotations): blood-cell smears have no up or left, so
+every one is a valid view. `predict_inputs` does what `cellnet predict` does for files, folders and npz sources:
+decode in a thread pool while the model runs, and turn an unreadable image into a row with an error, not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cellnet.constants import IMAGE_SUFFIXES
+from cellnet.errors import CellnetError, DataError
+from cellnet.progress import progress_bar
+
+# (number of 90° rotations, horizontal flip first): the dihedral group D4 of a square image.
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, k, dims=(2, 3)) if k else x
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def preprocess(
+    batch: torch.Tensor,
+    *,
+    image_size: int,
+    input_size: int | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """uint8 (or float 0-255) N×S×S×3 on any device -> float32 N×3×H×W, normalised, resized to image_size then
+    input_size.
+
+    Normalisation comes first, as one fused multiply-add over the contiguous NHWC array (x·1/σ − μ/σ, σ and μ
+    scaled to 0-255): the cheapest pass, and it commutes with bilinear resizing (weights sum to 1). The result is
+    a channels_last view, the fast layout for convolutions.
+    """
+    scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=batch.device) * 255.0)
+    bias = -torch.tensor(mean, dtype=torch.float32, device=batch.device) * 255.0 * scale
+    x = torch.addcmul(bias, batch, scale).permute(0, 3, 1, 2)
+    for size in (image_size, input_size):
+        if size and x.shape[-1] != size:
+            shrink = size < x.shape[-1]  # antialias only matters (and only exports cleanly) when shrinking
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return x
+
+
+def predict_images(
+    checkpoint: Any,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    on_batch: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N×C float32) for uint8 images N×S×S×3, on the device the checkpoint's model is on.
+
+    `checkpoint` is a `cellnet.checkpoint.Checkpoint` (model, image_size, input_size, mean, std, classes).
+    `on_batch(n)` is called after each batch with its size (progress bars).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"expected uint8 images N×S×S×3, got {images.dtype} {images.shape}")
+    if batch_size < 1:
+        raise CellnetError(f"batch size must be >= 1, got {batch_size}")
+    model = checkpoint.model
+    model.eval()
+    device = _model_device(model)
+    out = np.empty((len(images), len(checkpoint.classes)), dtype=np.float32)
+    views = DIHEDRAL if tta else DIHEDRAL[:1]
+    cuda = device.type == "cuda"  # as in validation: bf16 autocast and channels_last on GPU, fp32 on CPU
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+            x = preprocess(
+                chunk,
+                image_size=checkpoint.image_size,
+                input_size=checkpoint.input_size,
+                mean=checkpoint.mean,
+                std=checkpoint.std,
+            )
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            probs = sum(torch.softmax(model(_dihedral(x, k, flip)).float(), dim=1) for k, flip in views)
+            assert isinstance(probs, torch.Tensor)
+            out[start : start + len(chunk)] = (probs / len(views)).cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(chunk))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `cellnet predict`: inputs -> table
+
+
+@dataclass
+class _Source:
+    """One row group of the output: image files (decoded lazily) or an in-memory array from an npz/SOURCE."""
+
+    ids: list[str]
+    paths: list[Path] | None = None
+    images: np.ndarray | None = None
+    error: str | None = None
+
+
+def _looks_like_npz(text: str) -> bool:
+    return text.split(":", 1)[0].lower().endswith(".npz")
+
+
+def expand_inputs(inputs: Sequence[str], image_size: int) -> list[_Source]:
+    """Files, folders (image files found recursively) and npz/SOURCE strings -> row groups in the order given.
+
+    An input that cannot be read becomes a one-row group carrying the error.
+    """
+    from cellnet import data  # heavy imports (imagehash, ...) only when predicting
+
+    sources: list[_Source] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if files:
+                sources.append(_Source(ids=[str(p) for p in files], paths=files))
+            else:
+                sources.append(_Source([text], error=f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder"))
+        elif path.is_file() and not _looks_like_npz(text):
+            sources.append(_Source(ids=[text], paths=[path]))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            sources.append(_Source([text], error="no such file"))
+        else:
+            try:
+                loaded = data.load(text, image_size=image_size)
+            except CellnetError as e:
+                sources.append(_Source([text], error=str(e)))
+            else:
+                sources.append(_Source(ids=[str(i) for i in loaded.ids], images=loaded.images))
+    return sources
+
+
+def _read(path: Path, image_size: int) -> np.ndarray | str:
+    """The decoded image, or the reason it could not be decoded (never raises: one bad file must not stop a run)."""
+    from cellnet.data.sources import read_image_file
+
+    try:
+        return read_image_file(path, image_size)
+    except CellnetError as e:
+        return str(e)
+    except Exception as e:  # a decoder crash on a corrupt file is still just a bad row
+        return f"{path}: cannot read image ({type(e).__name__}: {e})"
+
+
+def _decoded_chunks(
+    paths: list[Path], image_size: int, chunk: int, pool: ThreadPoolExecutor
+) -> Iterator[list[np.ndarray | str]]:
+    """Decode `paths` in chunks; the next chunk decodes in the pool while the caller runs the model on this one."""
+    starts = list(range(0, len(paths), chunk))
+
+    def submit(start: int) -> list[Future[np.ndarray | str]]:
+        return [pool.submit(_read, p, image_size) for p in paths[start : start + chunk]]
+
+    pending = submit(starts[0]) if starts else []
+    for i in range(len(starts)):
+        following = submit(starts[i + 1]) if i + 1 < len(starts) else []
+        yield [f.result() for f in pending]
+        pending = following
+
+
+def predict_inputs(
+    checkpoint: Any,
+    inputs: Sequence[str],
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    min_confidence: float | None = None,
+    workers: int | None = None,
+    show_progress: bool | None = None,
+) -> pd.DataFrame:
+    """The `cellnet predict` table: id, predicted, confidence, uncertain, error, p_<class> per class, in input order.
+
+    Rows whose image could not be read have `error` set and empty prediction columns; the rest are still predicted.
+    `uncertain` is True where confidence < `min_confidence` (for a person to review).
+    """
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    classes = list(checkpoint.classes)
+    sources = expand_inputs(inputs, checkpoint.image_size)
+    ids = [i for s in sources for i in s.ids]
+    probs = np.full((len(ids), len(classes)), np.nan, dtype=np.float32)
+    errors = [""] * len(ids)
+    workers = workers or min(8, os.cpu_count() or 1)
+    chunk = max(batch_size, 64)
+
+    with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar, ThreadPoolExecutor(workers) as pool:
+        offset = 0
+        for src in sources:
+            if src.error is not None:
+                errors[offset] = src.error
+                bar.update(1)
+            elif src.images is not None:
+                probs[offset : offset + len(src.ids)] = predict_images(
+                    checkpoint, src.images, batch_size=batch_size, tta=tta, on_batch=bar.update
+                )
+            else:
+                assert src.paths is not None
+                row = offset
+                for decoded in _decoded_chunks(src.paths, checkpoint.image_size, chunk, pool):
+                    good = [j for j, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+                    for j, d in enumerate(decoded):
+                        if isinstance(d, str):
+                            errors[row + j] = d
+                    if good:
+                        batch = np.stack([decoded[j] for j in good])  # type: ignore[misc]
+                        probs[[row + j for j in good]] = predict_images(
+                            checkpoint, batch, batch_size=batch_size, tta=tta
+                        )
+                    bar.update(len(decoded))
+                    row += len(decoded)
+            offset += len(src.ids)
+    return prediction_table(ids, probs, errors, classes, min_confidence)
+
+
+def prediction_table(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    errors: Sequence[str],
+    classes: Sequence[str],
+    min_confidence: float | None = None,
+) -> pd.DataFrame:
+    """Rows of the predictions CSV. Rows with an error keep empty (NaN/None) prediction cells."""
+    failed = np.array([bool(e) for e in errors], dtype=bool)
+    safe = np.where(failed[:, None], 0.0, probs)
+    top = safe.argmax(axis=1) if len(ids) else np.zeros(0, dtype=int)
+    confidence = np.where(failed, np.nan, safe.max(axis=1) if len(ids) else np.zeros(0))
+    threshold = -1.0 if min_confidence is None else min_confidence
+    table = pd.DataFrame(
+        {
+            "id": list(ids),
+            "predicted": [None if f else classes[t] for f, t in zip(failed, top)],
+            "confidence": confidence,
+            "uncertain": [None if f else bool(c < threshold) for f, c in zip(failed, confidence)],
+            "error": list(errors),
+        }
+    )
+    for j, name in enumerate(classes):
+        table[f"p_{name}"] = np.where(failed, np.nan, probs[:, j])
+    return table
