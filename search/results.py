@@ -1,0 +1,636 @@
+"""What a finished search leaves behind: trials.csv, summary.json, a leaderboard and the search plots.
+
+Input is one `TrialRecord` per trial (`records_from_result_grid` makes them from Tune's ResultGrid; tests fabricate
+them). Each trial is judged on its best epoch (by the search metric/mode), which is also the epoch count a retrain
+uses with `retrain.epochs: best`. search.run calls, in order:
+
+    records = records_from_result_grid(grid)
+    out = write_outputs(cfg, records, run_dir, num_classes=..., wall_time_s=..., provenance=...)
+    print(out.leaderboard)
+    path = retrain(cfg, out.best_params, data_ref, out.retrain_epochs, run_dir / "best",
+                   cv_metrics=out.checkpoint_metrics, provenance=...)
+    update_summary(run_dir, retrain={...}, test={...})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellnet.config import ExperimentConfig, Param, TrainConfig
+from cellnet.evaluate import atomic_path
+
+STATUSES = ("completed", "stopped_early", "failed")
+_BEST_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_macro_f1", "cv_balanced_accuracy", "cv_val_loss")
+_FOLD_METRICS = ("accuracy", "macro_f1")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MAX_ERROR = 500
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its id, the searched params it ran, its per-epoch metrics (one row per epoch), and an error."""
+
+    trial_id: str
+    params: dict[str, Any]
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    error: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class SearchOutputs:
+    """What `write_outputs` wrote and what the caller needs next (the winner, its retrain epochs)."""
+
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    leaderboard: str
+    best_trial_id: str | None
+    best_params: dict[str, Any] | None
+    retrain_epochs: int | None
+    checkpoint_metrics: dict[str, Any] | None  # pass as retrain(..., cv_metrics=...): the winner's cv numbers
+    plots: dict[str, Path]
+    notes: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records
+
+
+def records_from_result_grid(grid: Any) -> list[TrialRecord]:
+    """One TrialRecord per Tune result (a `ResultGrid` or any iterable of `ray.tune.Result`)."""
+    records: list[TrialRecord] = []
+    for result in grid:
+        metrics = result.metrics or {}
+        path = Path(result.path) if result.path else None
+        config = result.config or _read_params_json(path)
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        trial_id = metrics.get("trial_id") or (history["trial_id"].iloc[-1] if "trial_id" in history else None)
+        trial_id = trial_id or (path.name if path else f"trial{len(records)}")
+        error = error_text(result.error) if result.error is not None else None
+        records.append(
+            TrialRecord(
+                trial_id=str(trial_id),
+                params=dict((config or {}).get("params") or {}),
+                history=history,
+                error=error,
+                path=str(path) if path else None,
+            )
+        )
+    return records
+
+
+def error_text(error: BaseException) -> str:
+    """One readable line for trials.csv: the original exception (Ray wraps it) as `Type: message`."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    lines = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+    message = lines[-1] if lines else ""  # a traceback's last line names the exception and its message
+    text = message if message.startswith(type(error).__name__) else f"{type(error).__name__}: {message}"
+    return text[:_MAX_ERROR]
+
+
+def _read_params_json(path: Path | None) -> dict[str, Any]:
+    """A trial that failed before its first report has no config in its metrics; Tune also wrote params.json."""
+    if path is None or not (path / "params.json").is_file():
+        return {}
+    try:
+        return dict(json.loads((path / "params.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _clean_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Epoch rows in order, one per epoch (a trial restored from an older checkpoint re-reports epochs: last wins)."""
+    if history is None or history.empty:
+        return pd.DataFrame()
+    h = history.copy()
+    if "epoch" not in h:
+        h["epoch"] = h["training_iteration"] if "training_iteration" in h else np.arange(1, len(h) + 1)
+    return h.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def best_row(history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The epoch row with the best `metric` (the earliest on ties), or None when no epoch has a finite value."""
+    if history.empty or metric not in history:
+        return None
+    values = pd.to_numeric(history[metric], errors="coerce")
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return None
+    idx = values.idxmax() if mode == "max" else values.idxmin()  # first occurrence: the earliest best epoch
+    return history.loc[idx]
+
+
+def trial_status(record: TrialRecord, max_epochs: int) -> str:
+    """failed (errored), stopped_early (fewer epochs than max_epochs: scheduler or time budget), else completed."""
+    if record.error:
+        return "failed"
+    epochs = len(_clean_history(record.history))
+    return "completed" if epochs >= max_epochs else "stopped_early"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trials.csv
+
+
+def trials_table(
+    cfg: ExperimentConfig, records: list[TrialRecord], *, num_classes: int, measure_cost: bool = True
+) -> pd.DataFrame:
+    """One row per trial: status, params, metrics at the best epoch (and the last), epochs, cost, error.
+
+    Columns: trial_id, status, param_<name>..., <metric at best epoch: cv_accuracy, cv_accuracy_std, cv_macro_f1,
+    cv_balanced_accuracy, cv_val_loss, fold<i>_accuracy, fold<i>_macro_f1>, final_cv_accuracy, final_cv_macro_f1,
+    epochs, best_epoch, fold_epochs (compute: epochs x folds), time_total_s, end_time, node_ids, error, num_params,
+    cpu_latency_ms (batch of 1 at the trial's input size, one thread, median).
+    """
+    metric, mode = cfg.search.metric, cfg.search.mode
+    names = list(cfg.searched()) + sorted({k for r in records for k in r.params} - set(cfg.searched()))
+    cost_cache: dict[tuple[Any, ...], tuple[float, float]] = {}
+    rows = []
+    for order, rec in enumerate(records):
+        h = _clean_history(rec.history)
+        best = best_row(h, metric, mode)
+        last = h.iloc[-1] if not h.empty else None
+        row: dict[str, Any] = {"trial_id": rec.trial_id, "status": trial_status(rec, cfg.search.max_epochs)}
+        row.update({f"param_{n}": rec.params.get(n) for n in names})
+        row["params_json"] = json.dumps(_jsonable(rec.params), sort_keys=True)
+        folds = [c for c in h.columns if c.startswith("fold") and c.endswith("_accuracy") and "train" not in c]
+        for col in list(_BEST_COLUMNS) + [f"fold{i}_{m}" for i in range(len(folds)) for m in _FOLD_METRICS]:
+            row[col] = _num(best, col)
+        row["final_cv_accuracy"] = _num(last, "cv_accuracy")
+        row["final_cv_macro_f1"] = _num(last, "cv_macro_f1")
+        row["epochs"] = len(h)
+        row["best_epoch"] = int(best["epoch"]) if best is not None else None
+        row["fold_epochs"] = len(h) * (len(folds) or cfg.cv.folds)
+        row["time_total_s"] = _num(last, "time_total_s")
+        row["end_time"] = _num(last, "timestamp")
+        row["node_ids"] = None if best is None or "node_ids" not in best else best["node_ids"]
+        row["error"] = rec.error
+        row["num_params"], row["cpu_latency_ms"] = (
+            _model_cost(cfg, rec.params, num_classes, cost_cache) if measure_cost else (math.nan, math.nan)
+        )
+        row["_order"] = order
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # completion order: when the trial last reported (failed trials without a report go last)
+    table = table.sort_values(["end_time", "_order"], na_position="last", kind="stable").drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def _num(row: pd.Series | None, col: str) -> float:
+    if row is None or col not in row:
+        return math.nan
+    try:
+        return float(row[col])
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _model_cost(
+    cfg: ExperimentConfig, params: dict[str, Any], num_classes: int, cache: dict[tuple[Any, ...], tuple[float, float]]
+) -> tuple[float, float]:
+    """(parameter count, CPU ms per image) of the trial's model, once per distinct architecture; NaN if unbuildable."""
+    try:
+        tc = cfg.train_config(params, pretrained=False, weights_file=None)
+    except Exception:
+        return math.nan, math.nan
+    size = tc.input_size or cfg.data.image_size
+    key = (tc.backbone, tc.head_layers, tc.head_width, tc.head_batchnorm, size, num_classes)
+    if key not in cache:
+        try:
+            cache[key] = model_cost(tc, num_classes, size)
+        except Exception:  # a backbone that cannot be built here: leave the cost blank, not the whole table
+            cache[key] = (math.nan, math.nan)
+    return cache[key]
+
+
+def model_cost(config: Any, num_classes: int, size: int, repeats: int = 7) -> tuple[float, float]:
+    """Parameter count and median CPU latency (ms) for one image, one thread, eval mode, random init."""
+    import torch
+
+    from cellnet.model import build_model
+
+    model = build_model(config, num_classes).eval()
+    n_params = float(sum(p.numel() for p in model.parameters()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(1, 3, size, size)
+        times = []
+        with torch.inference_mode():
+            for i in range(repeats + 2):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= 2:  # the first calls allocate
+                    times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return n_params, float(np.median(times) * 1000.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Winner, summary.json, leaderboard
+
+
+def best_trial(table: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The trial with the best best-epoch `metric` among those that reported one (failed ones never win)."""
+    if table.empty or metric not in table:
+        return None
+    ok = table[(table["status"] != "failed") & np.isfinite(pd.to_numeric(table[metric], errors="coerce"))]
+    if ok.empty:
+        return None
+    ranked = ok.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    return ranked.iloc[0]
+
+
+def ranked(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Trials best first; failed and metric-less trials last."""
+    key = pd.to_numeric(table[metric], errors="coerce") if metric in table else pd.Series(np.nan, index=table.index)
+    key = key if mode == "min" else -key
+    return table.assign(_key=key).sort_values("_key", na_position="last", kind="stable").drop(columns="_key")
+
+
+def retrain_epochs(cfg: ExperimentConfig, best: pd.Series) -> int:
+    """`retrain.epochs`: an int as given, or `best`: the winner's best epoch in cross-validation."""
+    if cfg.retrain.epochs == "best":
+        return int(best["best_epoch"])
+    return int(cfg.retrain.epochs)
+
+
+def build_summary(
+    cfg: ExperimentConfig,
+    table: pd.DataFrame,
+    *,
+    wall_time_s: float | None,
+    provenance: dict[str, Any] | None,
+    run_dir: Path,
+    test: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run in one JSON-able dict: winner (params, full TrainConfig, cv mean ± std, per fold), counts, provenance."""
+    metric, mode = cfg.search.metric, cfg.search.mode
+    counts = {s: int((table["status"] == s).sum()) if not table.empty else 0 for s in STATUSES}
+    best = best_trial(table, metric, mode)
+    winner: dict[str, Any] | None = None
+    if best is not None:
+        params = params_of(best)
+        folds = sorted({int(c[4:].split("_")[0]) for c in best.index if c.startswith("fold") and c[4:5].isdigit()})
+        winner = {
+            "trial_id": best["trial_id"],
+            "status": best["status"],
+            "params": params,
+            "config": dataclasses.asdict(cfg.train_config(params, epochs=cfg.search.max_epochs)),
+            "best_epoch": int(best["best_epoch"]),
+            "epochs": int(best["epochs"]),
+            "retrain_epochs": retrain_epochs(cfg, best),
+            "cv": {
+                metric: best[metric],
+                "cv_accuracy": best["cv_accuracy"],
+                "cv_accuracy_std": best["cv_accuracy_std"],
+                "cv_macro_f1": best["cv_macro_f1"],
+                "cv_balanced_accuracy": best["cv_balanced_accuracy"],
+                "folds": {m: [best.get(f"fold{i}_{m}") for i in folds] for m in _FOLD_METRICS},
+            },
+            "num_params": best.get("num_params"),
+            "cpu_latency_ms": best.get("cpu_latency_ms"),
+            "node_ids": best.get("node_ids"),
+        }
+    return _jsonable(
+        {
+            "name": cfg.name,
+            "metric": metric,
+            "mode": mode,
+            "best": winner,
+            "trials": {"total": len(table), **counts},
+            "fold_epochs": int(table["fold_epochs"].sum()) if not table.empty else 0,
+            "wall_time_s": wall_time_s,
+            "test": test,
+            "retrain": None,
+            "outputs": {
+                "trials_csv": str(run_dir / "trials.csv"),
+                "report": str(run_dir / "report"),
+                "tensorboard": str(run_dir / "tensorboard"),
+                "best_checkpoint": str(run_dir / "best"),
+            },
+            "search": {**cfg.to_dict()["search"], "folds": cfg.cv.folds, "cv_seed": cfg.cv.seed},
+            "seeds": {
+                "cv": cfg.cv.seed,
+                "search": cfg.search.seed,
+                "train": cfg.fixed_values().get("seed", TrainConfig.seed),
+            },
+            "provenance": provenance or {},
+        }
+    )
+
+
+def checkpoint_metrics(row: pd.Series) -> dict[str, Any]:
+    """What a retrained checkpoint records about the trial it came from: {"trial_id", "cv": {cv_* and fold<i>_*
+    at the trial's best epoch, "best_epoch"}} (the `cv_metrics` argument of `search.retrain.retrain`)."""
+    cv = {
+        str(k): float(v)
+        for k, v in row.items()
+        if re.match(r"cv_|fold\d+_", str(k)) and isinstance(v, int | float | np.number) and math.isfinite(float(v))
+    }
+    if not _missing(row.get("best_epoch")):
+        cv["best_epoch"] = int(row["best_epoch"])
+    return {"trial_id": str(row["trial_id"]), "cv": cv}
+
+
+def params_of(row: pd.Series) -> dict[str, Any]:
+    """The searched params of a trials-table row, exactly as the trial ran them (the `params_json` column; the
+    `param_<name>` columns are for people and lose types through CSV)."""
+    text = row.get("params_json")
+    if isinstance(text, str) and text:
+        return dict(json.loads(text))
+    out = {}
+    for col, value in row.items():
+        if isinstance(col, str) and col.startswith("param_") and not _missing(value):
+            out[col[6:]] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN/inf to null, tuples and paths to lists and strings."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def update_summary(run_dir: str | Path, **sections: Any) -> dict[str, Any]:
+    """Set top-level sections of `run_dir/summary.json` (e.g. retrain=..., test=...) after the search; atomic."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(_jsonable(sections))
+    write_json(path, summary)
+    return summary
+
+
+def format_leaderboard(
+    cfg: ExperimentConfig, table: pd.DataFrame, *, top: int = 10, max_params: int = 8, run_dir: Path | None = None
+) -> str:
+    """Top trials as an aligned text table: rank, trial, status, metric ± std, epochs, the key params."""
+    metric, mode = cfg.search.metric, cfg.search.mode
+    if table.empty:
+        return "No trials ran."
+    counts = {s: int((table["status"] == s).sum()) for s in STATUSES}
+    shown = ranked(table, metric, mode).head(top)
+    param_cols = [c for c in table.columns if c.startswith("param_")]
+    varying = [c for c in param_cols if shown[c].astype(str).nunique() > 1]
+    param_cols = (varying + [c for c in param_cols if c not in varying])[:max_params]
+
+    header = ["#", "trial", "status", metric, "epochs"] + [c[6:] for c in param_cols]
+    lines = []
+    for rank, (_, r) in enumerate(shown.iterrows(), start=1):
+        value = r.get(metric)
+        score = "-" if _missing(value) else f"{value:.4f}"
+        if metric == "cv_accuracy" and not _missing(r.get("cv_accuracy_std")):
+            score += f" ± {r['cv_accuracy_std']:.4f}"
+        epochs = f"{int(r['epochs'])}/{cfg.search.max_epochs}"
+        lines.append(
+            [str(rank), str(r["trial_id"]), str(r["status"]), score, epochs] + [_fmt(r[c]) for c in param_cols]
+        )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    right = {0, 3, 4}
+
+    def fmt_row(cells: list[str]) -> str:
+        cols = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(cols).rstrip()
+
+    title = (
+        f"Top {len(shown)} of {len(table)} trials by {metric} ({mode}; best epoch) — completed {counts['completed']}, "
+        f"stopped early {counts['stopped_early']}, failed {counts['failed']}"
+    )
+    out = [title, fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(x) for x in lines]
+    if run_dir is not None:
+        out += [
+            "",
+            f"Outputs in {run_dir}: trials.csv, summary.json, report/ (plots), best/ (checkpoint)",
+            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+        ]
+    return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if _missing(value):
+        return "-"
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e5 else f"{v:.3g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_search(cfg: ExperimentConfig, table: pd.DataFrame, out_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Best-so-far vs trials and vs compute, and parameter importance, as PNGs in `out_dir`. Returns (plots, notes):
+    a plot that cannot be made (too few trials, nothing varies) is skipped with a note instead of failing the run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric, mode = cfg.search.metric, cfg.search.mode
+    plots: dict[str, Path] = {}
+    notes: list[str] = []
+    scored = table[table["status"] != "failed"] if not table.empty else table
+    values = pd.to_numeric(scored[metric], errors="coerce") if metric in scored else pd.Series(dtype=float)
+    if values.notna().sum() == 0:
+        notes.append(f"progress plots skipped: no trial reported {metric}")
+    else:
+        plots["best_vs_trials"] = _plot_progress(table, metric, mode, out_dir / "best_vs_trials.png", compute=False)
+        plots["best_vs_compute"] = _plot_progress(table, metric, mode, out_dir / "best_vs_compute.png", compute=True)
+    importance, note = param_importances(cfg, table)
+    if importance is None:
+        notes.append(f"parameter importance skipped: {note}")
+    else:
+        n = int((table["status"] != "failed").sum())
+        plots["param_importance"] = _plot_importance(importance, metric, n, out_dir / "param_importance.png")
+    return plots, notes
+
+
+def _plot_progress(table: pd.DataFrame, metric: str, mode: str, path: Path, *, compute: bool) -> Path:
+    """Each trial's best-epoch value (by status) and the best so far, in completion order (trials or fold-epochs)."""
+    from matplotlib.figure import Figure
+
+    values = pd.to_numeric(table[metric], errors="coerce").where(table["status"] != "failed")
+    x = table["fold_epochs"].cumsum().to_numpy() if compute else np.arange(1, len(table) + 1)
+    filled = values.fillna(-np.inf if mode == "max" else np.inf)
+    best = filled.cummax() if mode == "max" else filled.cummin()
+    best = best.where(np.isfinite(best))
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    ax = fig.subplots()
+    colors = {"completed": "tab:blue", "stopped_early": "tab:orange"}
+    for status, color in colors.items():
+        m = (table["status"] == status).to_numpy() & values.notna().to_numpy()
+        ax.scatter(x[m], values[m], s=18, color=color, alpha=0.7, label=status.replace("_", " "))
+    ax.step(x, best, where="post", color="black", label="best so far")
+    failed = (table["status"] == "failed").to_numpy()
+    if failed.any():
+        ax.plot([], [], " ", label=f"failed: {int(failed.sum())}")
+    ax.set_xlabel("cumulative fold-epochs" if compute else "trials (completion order)")
+    ax.set_ylabel(f"{metric} (best epoch)")
+    ax.set_title(f"Best {metric} so far vs {'compute' if compute else 'trials'}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def param_importances(cfg: ExperimentConfig, table: pd.DataFrame) -> tuple[dict[str, float] | None, str]:
+    """fANOVA importance of each searched parameter for the search metric, from an Optuna study rebuilt from the
+    trials (finished and stopped-early trials, each with its best-epoch value). (None, reason) when it cannot be
+    estimated: fewer than two scored trials, or no parameter took two different values."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    metric, mode = cfg.search.metric, cfg.search.mode
+    space = cfg.searched()
+    if table.empty or metric not in table:
+        return None, "no trials"
+    scored = table[(table["status"] != "failed") & np.isfinite(pd.to_numeric(table[metric], errors="coerce"))]
+    if len(scored) < 2:
+        return None, f"needs at least 2 trials with a {metric}, got {len(scored)}"
+    varying = [n for n in space if f"param_{n}" in scored and scored[f"param_{n}"].astype(str).nunique() > 1]
+    if not varying:
+        return None, "no searched parameter took two different values"
+    dists = {n: _distribution(p) for n, p in space.items()}
+    trials = []
+    for _, r in scored.iterrows():
+        params = {n: v for n, v in params_of(r).items() if n in dists}
+        params = {n: (int(v) if space[n].kind == "int" else v) for n, v in params.items()}
+        try:
+            trials.append(
+                optuna.trial.create_trial(
+                    params=params, distributions={n: dists[n] for n in params}, value=float(r[metric])
+                )
+            )
+        except ValueError:  # a value outside the declared space (space edited between runs): leave the trial out
+            continue
+    if len(trials) < 2:
+        return None, "fewer than 2 trials fit the search space"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    study.add_trials(trials)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=cfg.search.seed))
+    except (ValueError, RuntimeError) as e:
+        return None, f"optuna could not estimate it ({e})"
+    if not imp:
+        return None, "optuna found no parameter present in every scored trial"
+    return {k: float(v) for k, v in imp.items()}, ""
+
+
+def _distribution(p: Param) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.kind == "choice":
+        return CategoricalDistribution(list(p.values))
+    if p.kind == "int":
+        return IntDistribution(int(p.low), int(p.high), step=p.step)
+    return FloatDistribution(p.low, p.high, log=p.kind == "loguniform")
+
+
+def _plot_importance(importance: dict[str, float], metric: str, n_trials: int, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    names = list(importance)[::-1]
+    fig = Figure(figsize=(6.4, 0.45 * len(names) + 1.2), dpi=100)
+    ax = fig.subplots()
+    ax.barh(names, [importance[n] for n in names], color="tab:blue")
+    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
+    ax.set_title(f"Hyper-parameter importance (from {n_trials} trials)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def write_outputs(
+    cfg: ExperimentConfig,
+    records: list[TrialRecord],
+    run_dir: str | Path,
+    *,
+    num_classes: int,
+    wall_time_s: float | None = None,
+    provenance: dict[str, Any] | None = None,
+    test: dict[str, Any] | None = None,
+    measure_cost: bool = True,
+    top: int = 10,
+) -> SearchOutputs:
+    """trials.csv, summary.json and report/*.png in `run_dir` (all atomic), plus the leaderboard text."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = trials_table(cfg, records, num_classes=num_classes, measure_cost=measure_cost)
+    with atomic_path(run_dir / "trials.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    plots, notes = plot_search(cfg, table, run_dir / "report") if not table.empty else ({}, ["no trials: no plots"])
+    summary = build_summary(cfg, table, wall_time_s=wall_time_s, provenance=provenance, run_dir=run_dir, test=test)
+    summary["plots"] = {k: str(v) for k, v in plots.items()}
+    summary["notes"] = notes
+    write_json(run_dir / "summary.json", summary)
+    best = summary["best"]
+    winner = best_trial(table, cfg.search.metric, cfg.search.mode)
+    board = format_leaderboard(cfg, table, top=top, run_dir=run_dir)
+    if notes:
+        board += "\n" + "\n".join(f"Note: {n}" for n in notes)
+    return SearchOutputs(
+        table=table,
+        summary=summary,
+        leaderboard=board,
+        best_trial_id=best["trial_id"] if best else None,
+        best_params=best["params"] if best else None,
+        retrain_epochs=best["retrain_epochs"] if best else None,
+        checkpoint_metrics=checkpoint_metrics(winner) if winner is not None else None,
+        plots=plots,
+        notes=notes,
+    )
+
+
+def read_trials(run_dir: str | Path) -> pd.DataFrame:
+    """`run_dir/trials.csv` as written by `write_outputs` (trial ids as strings)."""
+    return pd.read_csv(Path(run_dir) / "trials.csv", dtype={"trial_id": str})

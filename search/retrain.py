@@ -1,0 +1,323 @@
+"""Retrain the winning configuration on all cleaned data and save it as a cellnet checkpoint (`<run_dir>/best/`).
+
+Runs as one Ray Train `TorchTrainer` launched from the driver (outside Tune). With several GPUs in the cluster the
+model is trained data-parallel (DDP, one worker per GPU, each worker on an equal shard of the images, so the effective
+batch is `batch_size x workers`); otherwise one worker (CPU: no DDP) runs plain `cellnet.train`. No validation and
+no early stopping: exactly `epochs` epochs, the winner's best epoch count in cross-validation by default.
+
+Rank 0 writes the checkpoint and reports it to Ray Train, which persists it in `storage_path` (shared storage on a
+multi-node cluster, like Tune's); the driver then loads it (a full integrity check) and saves it atomically to
+`out_dir`.
+
+CLI (a run's winner or any other trial, again):
+
+    python -m search.retrain runs/quickstart --trial 5e3b1_00003 [--epochs N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellnet.checkpoint import load_checkpoint, save_checkpoint
+from cellnet.config import ExperimentConfig, TrainConfig, load_config
+from cellnet.data.dataset import CellData
+from cellnet.errors import CellnetError, ConfigError
+
+SEARCH_CONFIG = "search_config.yaml"
+TRIALS_CSV = "trials.csv"
+
+
+def retrain(
+    cfg: ExperimentConfig,
+    params: dict[str, Any],
+    data: Any,
+    epochs: int,
+    out_dir: str | Path,
+    *,
+    use_gpu: bool | None = None,
+    num_workers: int | None = None,
+    cpus_per_worker: float | None = None,
+    cv_metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    storage_path: str | Path | None = None,
+) -> Path:
+    """Train `cfg.train_config(params)` on all of `data` (a CellData or a Ray ObjectRef to one) for `epochs` and
+    save the checkpoint to `out_dir`. Returns `out_dir`.
+
+    use_gpu: None = when the cluster has a GPU. num_workers: None = one per cluster GPU (DDP when > 1), else 1.
+    cv_metrics (the winner's cross-validation numbers) and the retrain's own train metrics go into the checkpoint's
+    metrics; `provenance` as given. Needs `ray.init()` done (search.run's, or the CLI's).
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if epochs < 1:
+        raise ConfigError(f"retrain epochs must be >= 1, got {epochs}")
+    if not ray.is_initialized():
+        ray.init()
+    out_dir = Path(out_dir).resolve()
+    config = cfg.train_config(params, epochs=int(epochs))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus >= 1 if use_gpu is None else use_gpu
+    workers = num_workers or (max(1, gpus) if use_gpu else 1)
+    cpus = cpus_per_worker or max(1.0, cfg.resources.cpus_per_fold)
+    ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
+    storage = Path(storage_path).resolve() if storage_path else out_dir.parent
+    storage.mkdir(parents=True, exist_ok=True)
+    name = f".ray-retrain-{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "data": ref,
+            "config": dataclasses.asdict(config),
+            "cv_metrics": cv_metrics or {},
+            "provenance": provenance or {},
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=name, storage_path=str(storage)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        _raise_user_error(e)
+        raise
+    if result.checkpoint is None:
+        raise CellnetError(f"retrain finished without a checkpoint (Ray Train run {storage / name})")
+    with tempfile.TemporaryDirectory(prefix=".retrain-", dir=storage) as tmp:
+        ckpt = load_checkpoint(result.checkpoint.to_directory(tmp))  # verifies weights, config and shapes
+        save_checkpoint(
+            out_dir,
+            ckpt.model,
+            config=ckpt.config,
+            classes=ckpt.classes,
+            image_size=ckpt.image_size,
+            mean=ckpt.mean,
+            std=ckpt.std,
+            metrics=ckpt.metrics,
+            provenance=ckpt.meta.get("provenance"),
+        )
+    shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
+    return out_dir
+
+
+def _raise_user_error(error: BaseException) -> None:
+    """A worker's CellnetError (e.g. DivergedError: NaN loss) reaches the user as itself, not as a Ray traceback."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        cause = getattr(failure, "cause", failure)
+        if isinstance(cause, CellnetError):
+            raise type(cause)(f"retrain (worker {rank}): {cause}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worker loop
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: its shard of the data (all of it with one worker), `epochs` epochs, rank 0 saves."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from cellnet.train import Trainer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = loop_config["data"]
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    config = TrainConfig(**loop_config["config"])
+    device = ray.train.torch.get_device()
+
+    if world > 1:
+        data = shard(data, rank, world, seed=config.seed)
+        # rank-specific seed: different augmentation/dropout draws per shard; DDP copies rank 0's initial weights
+        trainer = Trainer(dataclasses.replace(config, seed=config.seed + rank), data, None, device=str(device))
+        trainer.model = _DDP(
+            trainer.model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.freeze_epochs > 0 or config.freeze_bn,
+        )
+    else:
+        trainer = Trainer(config, data, None, device=str(device))
+
+    metrics: dict[str, float] = {}
+    for _ in range(config.epochs):
+        m = trainer.train_epoch()
+        metrics = {k: float(m[k]) for k in ("epoch", "train_loss", "train_accuracy", "lr", "images_per_s")}
+        if world > 1:  # mean loss/accuracy over equal shards, summed throughput
+            t = torch.tensor([metrics["train_loss"], metrics["train_accuracy"], metrics["images_per_s"]])
+            torch.distributed.all_reduce(t)
+            metrics.update(train_loss=float(t[0]) / world, train_accuracy=float(t[1]) / world, images_per_s=float(t[2]))
+        if trainer.epoch < config.epochs:
+            ray.train.report(metrics)
+
+    model = trainer.model.module if isinstance(trainer.model, _DDP) else trainer.model
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            retrain_metrics = {
+                **{k: v for k, v in metrics.items() if k != "epoch"},
+                "epochs": config.epochs,
+                "num_images": len(data) * world,
+                "workers": world,
+            }
+            path = save_checkpoint(
+                Path(tmp) / "checkpoint",
+                model,
+                config=config,
+                classes=data.classes,
+                image_size=data.image_size,
+                mean=trainer.mean,
+                std=trainer.std,
+                metrics={**loop_config["cv_metrics"], "retrain": retrain_metrics},
+                provenance=loop_config["provenance"],
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(str(path))
+        ray.train.report(metrics, checkpoint=checkpoint)  # every rank reports the same number of times
+
+
+def shard(data: CellData, rank: int, world: int, *, seed: int = 0) -> CellData:
+    """Rank `rank`'s equal share of a seeded permutation (padded by wrapping, like DistributedSampler), so every
+    worker runs the same number of batches: DDP needs every rank in every all-reduce."""
+    order = np.random.default_rng(seed).permutation(len(data))
+    per_rank = math.ceil(len(data) / world)
+    order = np.resize(order, per_rank * world)  # np.resize repeats from the start
+    return data.subset(order[rank::world])
+
+
+def _ddp_class() -> type:
+    from torch.nn.parallel import DistributedDataParallel
+
+    class ForwardingDDP(DistributedDataParallel):
+        """DDP that also answers `.backbone`/`.head` (Trainer freezes and unfreezes the backbone by attribute)."""
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.module, name)
+
+    return ForwardingDDP
+
+
+_DDP: Any = _ddp_class()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def retrain_run(
+    run_dir: str | Path, trial_id: str, *, epochs: int | None = None, out_dir: str | Path | None = None
+) -> Path:
+    """`python -m search.retrain`: a trial of a finished search, retrained on all of the run's (cleaned) data."""
+    import ray
+
+    from search.provenance import provenance
+    from search.results import checkpoint_metrics, params_of, read_trials
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CellnetError(f"{run_dir}: no such run directory (expected the --storage directory of a search)")
+    for name in (SEARCH_CONFIG, TRIALS_CSV):
+        if not (run_dir / name).is_file():
+            raise CellnetError(f"{run_dir}: {name} is missing; is this the directory of a finished search?")
+    cfg = load_config(run_dir / SEARCH_CONFIG)
+    trials = read_trials(run_dir)
+    rows = trials[trials["trial_id"] == trial_id]
+    if rows.empty:
+        valid = list(trials["trial_id"])
+        shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
+        raise CellnetError(f"{run_dir / TRIALS_CSV}: no trial {trial_id!r}; valid trial ids: {shown}")
+    row = rows.iloc[0]
+    if epochs is None:
+        if cfg.retrain.epochs != "best":
+            epochs = int(cfg.retrain.epochs)
+        elif _finite(row.get("best_epoch")):
+            epochs = int(row["best_epoch"])
+        else:
+            raise CellnetError(
+                f"trial {trial_id} ({row['status']}) has no scored epoch to take the epoch count from; pass --epochs N"
+            )
+    params = params_of(row)
+    data = load_search_data(cfg)
+    prov = provenance(
+        data,
+        seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config(params).seed},
+        data_source=cfg.data.source,
+        data_cleaned=cfg.data.clean,
+        trial_id=trial_id,
+        run_dir=str(run_dir.resolve()),
+        command="python -m search.retrain " + " ".join(sys.argv[1:]),
+    )
+    out = Path(out_dir) if out_dir else run_dir / "retrained" / trial_id
+    started = not ray.is_initialized()
+    if started:
+        ray.init()
+    try:
+        return retrain(cfg, params, data, epochs, out, cv_metrics=checkpoint_metrics(row), provenance=prov)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def load_search_data(cfg: ExperimentConfig) -> CellData:
+    """The data a search trained on: `data.source` at `data.image_size`, cleaned when `data.clean`."""
+    from cellnet.data import clean, load
+
+    data = load(cfg.data.source, cfg.data.image_size)
+    if cfg.data.clean:
+        data, _ = clean(data)
+    return data
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.retrain",
+        description="Retrain a trial of a finished search on all cleaned data and save a cellnet checkpoint.",
+    )
+    parser.add_argument("run_dir", help="the search's run directory (with search_config.yaml and trials.csv)")
+    parser.add_argument("--trial", required=True, help="trial id (column trial_id of trials.csv)")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs (default: retrain.epochs of the config; 'best' = the trial's)"
+    )
+    parser.add_argument("--out", help="checkpoint directory (default: RUN_DIR/retrained/TRIAL)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        path = retrain_run(args.run_dir, args.trial, epochs=args.epochs, out_dir=args.out)
+    except CellnetError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Checkpoint: {path}")
+    print(f"  cellnet evaluate {path} <SOURCE>   |   cellnet predict {path} <images>")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,396 @@
+"""`python -m search.run spaces/NAME.yaml`: the whole search, from YAML to a retrained, evaluated winner.
+
+    config (YAML + flags) -> resource plan -> data loaded and cleaned once, put in the object store with the folds
+    -> Tune (Optuna define-by-run searcher, ASHA/HyperBand/FIFO, one worker group per trial: search/trainable.py)
+    -> trials.csv, summary.json, plots, leaderboard (search/results.py), TensorBoard (search/tensorboard.py)
+    -> winner retrained on all data into <run_dir>/best (search/retrain.py) -> test-set evaluation (--test)
+
+Everything that can be wrong with the config or the resource request is an `error: ...` line and exit code 2 before
+Ray starts (or, with --address, before anything runs). Ctrl-C stops the search; `--resume` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from ray import cloudpickle
+
+from cellnet.config import ExperimentConfig, load_config
+from cellnet.errors import CellnetError, ConfigError
+from search import resources
+from search.space import check_points, describe
+
+SEARCH_CONFIG = "search_config.yaml"
+TUNE_DIR = "tune"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Hyper-parameter search of cellnet classifiers on Ray Tune (Optuna + ASHA, a worker per fold).",
+    )
+    p.add_argument("config", help="search space YAML, e.g. spaces/quickstart.yaml")
+    p.add_argument("--data", help="SOURCE to search on (overrides data.source)")
+    p.add_argument("--test", help="held-out SOURCE the retrained winner is evaluated on (leaks to the data dropped)")
+    p.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial at most (search.max_epochs)")
+    p.add_argument("--folds", type=int, help="cross-validation folds = workers per trial (cv.folds)")
+    p.add_argument("--seed", type=int, help="seed of the searcher and the fold split (search.seed, cv.seed)")
+    p.add_argument("--time-budget", type=float, help="stop starting/running trials after this many seconds")
+    p.add_argument("--storage", help="run directory (default runs/<name>); on a cluster a path every node shares")
+    p.add_argument("--address", help="existing Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    p.add_argument("--cpus-per-fold", type=float, help="CPUs per fold worker (fractional allowed)")
+    p.add_argument("--gpus-per-fold", type=float, help="GPUs per fold worker (fractional allowed)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    p.add_argument("--resume", action="store_true", help="continue the search in the run directory")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config, space and resource plan; run nothing"
+    )
+    p.add_argument("--no-retrain", action="store_true", help="skip retraining the winner (and the test evaluation)")
+    p.add_argument("--debug", action="store_true", help="tracebacks and Ray worker logs")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "data": {"source": args.data, "test": args.test},
+        "cv": {"folds": args.folds, "seed": args.seed},
+        "search": {
+            "num_samples": args.num_samples,
+            "max_epochs": args.max_epochs,
+            "seed": args.seed,
+            "time_budget_s": args.time_budget,
+        },
+        "resources": {
+            "cpus_per_fold": args.cpus_per_fold,
+            "gpus_per_fold": args.gpus_per_fold,
+            "max_concurrent": args.max_concurrent,
+        },
+    }
+
+
+def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
+    """The config (on --resume: the run's stored one, with the flags on top) and the absolute run directory."""
+    over = overrides_from(args)
+    cfg = load_config(args.config, over)
+    run_dir = Path(args.storage or Path("runs") / cfg.name).expanduser().resolve()
+    stored = run_dir / SEARCH_CONFIG
+    if args.resume:
+        if not (run_dir / TUNE_DIR).is_dir() or not stored.is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no search to resume (no {TUNE_DIR}/ or {SEARCH_CONFIG})")
+        cfg = load_config(stored, over)
+    elif (run_dir / TUNE_DIR).exists() and not args.dry_run:
+        raise ConfigError(
+            f"{run_dir} already holds a search; pass --resume to continue it or --storage DIR for a new one"
+        )
+    check_points(cfg)
+    return cfg, run_dir
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--storage {run_dir} is not writable: {e.strerror or e}") from None
+
+
+def write_yaml(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) -> None:
+    print(f"# resolved config ({cfg.path})")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    print(
+        f"\n# search space: {len(cfg.searched())} searched parameter(s), {cfg.search.searcher} / {cfg.search.scheduler}"
+    )
+    print("\n".join(describe(cfg)) or "  (nothing searched)")
+    print("\n# resource plan")
+    print("\n".join(plan.describe()))
+    print(f"\n# run directory: {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray
+
+
+def connect(address: str | None, debug: bool) -> bool:
+    """Connect to `address` / $RAY_ADDRESS or start a local cluster; True when this call started the connection."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=debug, logging_level=logging.WARNING
+    )
+    return True
+
+
+def disconnect(previous_env: dict[str, str | None]) -> None:
+    import ray
+
+    ray.shutdown()
+    for key, value in previous_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def scheduler(cfg: ExperimentConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    s = cfg.search
+    if s.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=s.max_epochs,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    if s.scheduler == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration", max_t=s.max_epochs, reduction_factor=s.reduction_factor
+        )
+    return FIFOScheduler()
+
+
+def bump_num_samples(tune_dir: Path, num_samples: int) -> int:
+    """Let a restored experiment run more trials: raise `total_samples` in Tune's saved search-generator state.
+
+    Tuner.restore keeps the num_samples of the first run; the restored SearchGenerator reads its trial budget from
+    `search_gen_state-*.pkl` (see docs/decisions/0001). Returns the previous budget.
+    """
+    files = sorted(tune_dir.glob("search_gen_state-*.json"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        raise ConfigError(f"--resume: {tune_dir} has no search state to extend")
+    path = files[-1]
+    with open(path, "rb") as src:
+        state = pickle.load(src)
+    before = int(state["total_samples"])
+    if num_samples > before:
+        state["total_samples"] = num_samples
+        state["finished"] = False
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as dst:
+            cloudpickle.dump(state, dst)  # as Tune wrote it (the experiment holds closures)
+        os.replace(tmp, path)
+    return before
+
+
+def tuner_for(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    plan: resources.ResourcePlan,
+    refs: dict[str, Any],
+    *,
+    resume: bool,
+    tell_pruned: bool = True,
+) -> Any:
+    from ray import tune
+
+    from search.optuna_pruned import make_searcher
+    from search.tensorboard import TensorBoardHParamsCallback
+    from search.trainable import run_trial
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, cfg=cfg, plan=plan, refs=refs, run_dir=str(run_dir)), dict(plan.driver)
+    )
+    tune_path = run_dir / TUNE_DIR
+    if resume:
+        before = bump_num_samples(tune_path, cfg.search.num_samples)
+        if cfg.search.num_samples < before:
+            print(f"note: the search already has {before} trials; --num-samples {cfg.search.num_samples} ignored")
+        return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
+    callback = TensorBoardHParamsCallback(
+        run_dir / "tensorboard", cfg.searched(), cfg.search.max_epochs, cfg.search.metric, cfg.search.mode
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=cfg.search.metric,
+            mode=cfg.search.mode,
+            num_samples=cfg.search.num_samples,
+            search_alg=make_searcher(cfg, tell_pruned=tell_pruned),
+            scheduler=scheduler(cfg),
+            max_concurrent_trials=plan.max_concurrent,
+            time_budget_s=cfg.search.time_budget_s,
+            reuse_actors=False,  # a stopped trial's driver takes its worker group down with it
+            trial_name_creator=lambda t: t.trial_id,
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(run_dir),
+            name=TUNE_DIR,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=0),  # retries happen in Ray Train (trainable.py)
+            verbose=1,
+        ),
+    )
+
+
+def unfinished(grid: Any) -> int:
+    """Trials the search left neither TERMINATED nor ERROR (an interrupted run)."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The search
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[Any, list[tuple[Any, Any]], Any]:
+    """Cleaned search data, its folds, and the --test data with images that leak from the search data dropped."""
+    from cellnet.data import find_duplicates_between, folds, load
+    from search.retrain import load_search_data
+
+    data = load_search_data(cfg)
+    splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
+    test = None
+    if cfg.data.test:
+        test = load(cfg.data.test, cfg.data.image_size)
+        leaks = find_duplicates_between(data, test)
+        if len(leaks):
+            keep = np.setdiff1d(np.arange(len(test)), leaks)
+            print(
+                f"warning: {len(leaks)} of {len(test)} --test images duplicate search images; dropped from the test "
+                f"set (e.g. {', '.join(str(test.ids[i]) for i in leaks[:5])})"
+            )
+            test = test.subset(keep)
+    return data, splits, test
+
+
+def search(args: argparse.Namespace) -> int:
+    cfg, run_dir = resolve(args)
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    autoscaling = not local and cfg.resources.max_concurrent is not None
+    if args.dry_run:
+        dry_run(cfg, run_dir, resources.plan(cfg, resources.local_cluster(), strict=False))
+        return 0
+    import ray
+
+    if local and not ray.is_initialized():
+        resources.plan(cfg, resources.local_cluster())  # impossible requests fail before Ray starts
+    check_writable(run_dir)
+    started = time.time()
+    data, splits, test = load_data(cfg)
+    from search.trainable import share_ray_address
+
+    owns_ray = connect(args.address, args.debug)
+    previous_env = share_ray_address()
+    try:
+        plan = resources.plan(cfg, resources.ray_cluster(), autoscaling=autoscaling)
+        resources.storage_probe(str(run_dir))
+        print("\n".join(["resource plan:", *plan.describe()]))
+        write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
+        refs = {"data": ray.put(data), "folds": ray.put(splits)}
+        grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume).fit()
+        left = unfinished(grid)
+        if left:
+            print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
+            return 130
+        finish(cfg, run_dir, grid, data, test, refs, time.time() - started, retrain_winner=not args.no_retrain)
+    finally:
+        if owns_ray:
+            disconnect(previous_env)
+    return 0
+
+
+def finish(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    grid: Any,
+    data: Any,
+    test: Any,
+    refs: dict[str, Any],
+    wall_time_s: float,
+    *,
+    retrain_winner: bool = True,
+) -> None:
+    """Outputs of a finished search: tables, plots, leaderboard, then the winner retrained and tested."""
+    from search.provenance import provenance
+    from search.results import records_from_result_grid, update_summary, write_outputs
+    from search.retrain import retrain
+
+    prov = provenance(
+        data,
+        seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config().seed},
+        data_source=cfg.data.source,
+        data_cleaned=cfg.data.clean,
+        run_dir=str(run_dir),
+        command="python -m search.run " + " ".join(sys.argv[1:]),
+    )
+    out = write_outputs(
+        cfg,
+        records_from_result_grid(grid),
+        run_dir,
+        num_classes=len(data.classes),
+        wall_time_s=wall_time_s,
+        provenance=prov,
+    )
+    print()
+    print(out.leaderboard)
+    if not retrain_winner or out.best_params is None or out.retrain_epochs is None:
+        return
+    best = out.summary["best"]
+    print(f"\nretraining {out.best_trial_id} on all {len(data)} images for {out.retrain_epochs} epochs ...")
+    path = retrain(
+        cfg,
+        out.best_params,
+        refs["data"],
+        out.retrain_epochs,
+        run_dir / "best",
+        cv_metrics={
+            "cv": {k: v for k, v in best.items() if k.startswith(("cv_", "fold"))},
+            "trial_id": best["trial_id"],
+        },
+        provenance={**prov, "trial_id": out.best_trial_id},
+        storage_path=run_dir / "retrain",
+    )
+    sections: dict[str, Any] = {"retrain": {"checkpoint": str(path), "epochs": out.retrain_epochs}}
+    print(f"winner saved to {path}")
+    if test is not None:
+        from cellnet.checkpoint import load_checkpoint
+        from cellnet.evaluate import evaluate, summary_table
+
+        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / "test", where=cfg.data.test or "test")
+        sections["test"] = {k: metrics[k] for k in ("clean",) if k in metrics} | {"source": cfg.data.test}
+        print(f"\ntest set ({cfg.data.test}, {len(test)} images):\n{summary_table(metrics)}")
+    update_summary(run_dir, **sections)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return search(args)
+    except CellnetError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

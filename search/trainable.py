@@ -1,0 +1,226 @@
+"""One trial = one Ray Train worker group with a worker per fold; the Tune function trainable just launches it.
+
+    Tune trial driver (`run_trial`, 0 CPU, head node)
+      └─ TorchTrainer.fit()  (Ray Train V2 controller, 0 CPU)
+           └─ k fold workers (`fold_worker`), SPREAD: worker i trains fold i with cellnet's Trainer (independent
+              models, no DDP); after every epoch they all_gather their metrics over gloo, and every rank calls
+              ray.train.report with the same fold-mean metrics (rank 0's reach Tune through TuneReportCallback).
+
+Checkpoints: every `search.checkpoint_every` epochs, at ASHA rung epochs and at the end each worker writes
+`fold_<i>.pt` (Trainer.state_dict) and reports it; Ray Train merges the ranks' files into one checkpoint directory
+under `<run_dir>/train/<trial_id>/`, keeping only the latest. A restarted worker group (worker died: Train
+FailureConfig; search resumed: same Train run name) continues from it. `training_iteration` is reported as the epoch,
+so Tune, ASHA and Optuna count epochs, not reports, across restarts.
+
+Divergence (NaN loss) is deterministic, so it must not be retried: the workers catch DivergedError, stop together,
+rank 0 records the reason in `<run_dir>/train/<trial_id>/diverged.json`, and the trial driver raises DivergedError
+(Tune max_failures=0: the trial ends ERROR with that reason; Optuna is told FAIL). Worker and node losses are
+retried by Ray Train, not Tune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+
+from cellnet.config import ExperimentConfig
+from cellnet.errors import DivergedError
+from search.resources import ResourcePlan
+
+FAULT_ENV = "CELLNET_FAULT_KILL_WORKER"  # test-only: marker path; the last fold worker SIGKILLs itself once at epoch 2
+FAULT_EPOCH = 2
+TRAIN_RETRIES = 2  # worker-group restarts per trial (worker or node lost), each from the latest checkpoint
+DIVERGED_FILE = "diverged.json"
+PER_FOLD = ("accuracy", "macro_f1", "val_loss", "train_loss", "train_accuracy")
+_CV = {
+    "cv_accuracy": "val_accuracy",
+    "cv_macro_f1": "val_macro_f1",
+    "cv_balanced_accuracy": "val_balanced_accuracy",
+    "cv_val_loss": "val_loss",
+    "cv_train_loss": "train_loss",
+    "cv_train_accuracy": "train_accuracy",
+}
+
+
+def rung_epochs(cfg: ExperimentConfig) -> list[int]:
+    """Epochs at which ASHA/HyperBand may stop a trial: grace_period * reduction_factor**i below max_epochs."""
+    s = cfg.search
+    if s.scheduler == "fifo":
+        return []
+    out, t = [], float(s.grace_period)
+    while t < s.max_epochs:
+        out.append(int(t))
+        t *= s.reduction_factor
+    return out
+
+
+def fold_metrics(per_fold: list[dict[str, float]], node_ids: list[str]) -> dict[str, Any]:
+    """The per-epoch row of the search-layer contract from the k folds' Trainer metrics (fold order)."""
+    out: dict[str, Any] = {"epoch": int(per_fold[0]["epoch"])}
+    for key, src in _CV.items():
+        out[key] = float(np.mean([m[src] for m in per_fold]))
+    out["cv_accuracy_std"] = float(np.std([m["val_accuracy"] for m in per_fold]))
+    out["lr"] = float(per_fold[0]["lr"])
+    out["images_per_s"] = float(sum(m["images_per_s"] for m in per_fold))
+    out["fit_time_s"] = float(max(m["epoch_time_s"] for m in per_fold))
+    for i, m in enumerate(per_fold):
+        out[f"fold{i}_accuracy"] = float(m["val_accuracy"])
+        out[f"fold{i}_macro_f1"] = float(m["val_macro_f1"])
+        out[f"fold{i}_val_loss"] = float(m["val_loss"])
+        out[f"fold{i}_train_loss"] = float(m["train_loss"])
+        out[f"fold{i}_train_accuracy"] = float(m["train_accuracy"])
+    out["node_ids"] = ",".join(node_ids)
+    out["diverged"] = 0
+    out["training_iteration"] = out["epoch"]  # Tune keeps a reported value: epochs survive restarts
+    return out
+
+
+def _fault_hook(rank: int, world: int, epoch: int) -> None:
+    """Test-only (see FAULT_ENV): simulate a worker process dying mid-trial, exactly once per marker path."""
+    marker = os.environ.get(FAULT_ENV)
+    if not marker or rank != world - 1 or epoch != FAULT_EPOCH:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fold_worker(loop: dict[str, Any]) -> None:
+    """Ray Train worker: train fold `rank` for up to max_epochs, reporting fold-mean metrics every epoch."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from ray.train.torch import get_device
+
+    from cellnet.config import TrainConfig
+    from cellnet.train import Trainer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ["CELLNET_NUM_THREADS"] = str(loop["threads"])
+    data = ray.get(loop["refs"]["data"])
+    train_idx, val_idx = ray.get(loop["refs"]["folds"])[rank]
+    config = TrainConfig(**loop["train_config"])
+    device = str(get_device()) if loop["use_gpu"] else "cpu"
+    trainer = Trainer(config, data.subset(train_idx), data.subset(val_idx), device=device)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / f"fold_{rank}.pt", weights_only=False))
+
+    node = ray.get_runtime_context().get_node_id()
+    max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
+    while trainer.epoch < max_epochs:
+        _fault_hook(rank, world, trainer.epoch)
+        try:
+            mine: dict[str, float] | None = trainer.train_epoch()
+            error = None
+        except DivergedError as e:
+            mine, error = None, str(e)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (mine, error, node))
+        errors = [f"fold {i}: {e}" for i, (_, e, _) in enumerate(gathered) if e]
+        if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
+            if rank == 0:
+                _write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
+            return
+        metrics = fold_metrics([m for m, _, _ in gathered], [n for _, _, n in gathered])
+        epoch = trainer.epoch
+        if epoch % every == 0 or epoch in rungs or epoch == max_epochs:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(trainer.state_dict(), Path(tmp) / f"fold_{rank}.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def diverged_reason(trial_dir: Path) -> str | None:
+    path = trial_dir / DIVERGED_FILE
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return f"diverged at epoch {info['epoch']}: " + "; ".join(info["errors"])
+
+
+def share_ray_address() -> dict[str, str | None]:
+    """Make every Ray Train process find *this* cluster through the State API; returns the previous environment.
+
+    Train V2's PlacementGroupCleaner frees a finished trial's worker placement group via the State API, which looks
+    the cluster up from $RAY_ADDRESS or, failing that, the newest cluster on the machine. With a second local Ray
+    instance on the host (another user, another search) that lookup fails or finds the wrong cluster, the placement
+    group is never freed and the next trial waits for workers forever. So: set RAY_ADDRESS to our GCS and let Train
+    propagate it to its controller (and from there to the cleaner).
+    """
+    from ray.train.v2._internal import constants
+
+    before = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    return before
+
+
+def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePlan, refs: dict, run_dir: str) -> None:
+    """Tune function trainable: one TorchTrainer fit with a worker per fold (see module doc)."""
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    share_ray_address()
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(run_dir) / "train" / trial_id
+    reason = diverged_reason(trial_dir)
+    if reason:  # a resumed search re-queues errored trials; a diverged one stays diverged
+        raise DivergedError(reason)
+    train_config = cfg.train_config(config["params"], epochs=cfg.search.max_epochs)
+    trainer = TorchTrainer(
+        fold_worker,
+        train_loop_config={
+            "refs": refs,
+            "train_config": dataclasses.asdict(train_config),
+            "max_epochs": cfg.search.max_epochs,
+            "checkpoint_every": cfg.search.checkpoint_every,
+            "rungs": rung_epochs(cfg),
+            "threads": plan.threads_per_fold,
+            "use_gpu": plan.gpus_per_fold > 0,
+            "trial_dir": str(trial_dir),
+        },
+        torch_config=TorchConfig(backend="gloo"),  # only small metric dicts travel; no DDP
+        scaling_config=ScalingConfig(
+            num_workers=plan.folds,
+            use_gpu=plan.gpus_per_fold > 0,
+            resources_per_worker=plan.worker_resources,
+            placement_strategy="SPREAD",
+        ),
+        run_config=RunConfig(
+            name=trial_id,
+            storage_path=str(Path(run_dir) / "train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=TRAIN_RETRIES),
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a V2 UserCallback
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]  # V2 RunConfig
+        ),
+    )
+    trainer.fit()
+    reason = diverged_reason(trial_dir)
+    if reason:
+        raise DivergedError(reason)

@@ -1,0 +1,29 @@
+"""Shared test fixtures. Ray start-up costs seconds, so in-process tests share ONE local cluster per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local 2-CPU Ray cluster for the whole session (default ray.init: dashboard/State API on, token auth on)."""
+    import ray
+
+    from search.trainable import share_ray_address
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, logging_level="WARNING", log_to_driver=False)
+    previous = share_ray_address()
+    yield
+    if started:
+        ray.shutdown()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

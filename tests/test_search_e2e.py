@@ -1,0 +1,134 @@
+"""A whole search in-process on the shared Ray cluster: tiny timm models, synthetic cells, 2 folds, 4 trials.
+
+One deliberately poor config (points_to_evaluate, after a good one) makes ASHA stop a trial early for sure; the
+test then checks that every output agrees with Tune's view and with Optuna's.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+GOOD = {"backbone": "test_resnet", "head_layers": 0, "lr": 3.0e-3, "optimizer": "adamw"}
+POOR = {"backbone": "test_resnet", "head_layers": 0, "lr": 1.0e-5, "optimizer": "sgd"}
+SPACE: dict[str, Any] = {
+    "name": "e2e",
+    "data": {"source": "synthetic:300", "image_size": 32, "clean": True},
+    "cv": {"folds": 2, "seed": 0},
+    "train": {"batch_size": 32, "warmup_epochs": 0, "momentum": 0.0, "device": "cpu"},
+    "search": {
+        "num_samples": 4,
+        "max_epochs": 3,
+        "grace_period": 1,
+        "reduction_factor": 2,
+        "searcher": "tpe",
+        "scheduler": "asha",
+        "seed": 0,
+        "checkpoint_every": 1,
+        "points_to_evaluate": [GOOD, POOR],
+    },
+    "resources": {"cpus_per_fold": 1},
+    "space": {
+        "backbone": {"choice": ["test_resnet", "test_efficientnet"]},
+        "head_layers": {"int": [0, 1]},
+        "head_width": {"choice": [16, 32], "when": "head_layers > 0"},
+        "lr": {"loguniform": [1.0e-5, 1.0e-2]},
+        "optimizer": {"choice": ["adamw", "sgd"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from search.run import main
+
+    root = tmp_path_factory.mktemp("e2e")
+    space = root / "e2e.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    run_dir = root / "run"
+    assert main([str(space), "--storage", str(run_dir)]) == 0
+    return run_dir
+
+
+def optuna_trials(run_dir: Path) -> list[Any]:
+    """The searcher's Optuna study as Tune saved it (what TPE learnt from)."""
+    state_file = sorted((run_dir / "tune").glob("searcher-state-*.pkl"))[-1]
+    with open(state_file, "rb") as f:
+        state = pickle.load(f)
+    return state["_ot_study"].trials
+
+
+def test_outputs_exist_and_agree(run: Path) -> None:
+    for name in ("trials.csv", "summary.json", "search_config.yaml", "best/cellnet.json", "best/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert any((run / "report").glob("*.png"))
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    tune_trials = sorted(p.name for p in (run / "tune").iterdir() if p.is_dir())
+    assert len(trials) == 4 == len(tune_trials)
+    assert sorted(trials["trial_id"]) == tune_trials
+    assert set(trials["status"]) <= {"completed", "stopped_early"}
+    assert trials["node_ids"].notna().all()
+
+    summary = json.loads((run / "summary.json").read_text())
+    meta = json.loads((run / "best" / "cellnet.json").read_text())
+    # the retrained winner is the best trial's config, trained for the winner's best epoch count
+    assert {**meta["config"], "epochs": None} == {**summary["best"]["config"], "epochs": None}
+    assert meta["config"]["epochs"] == summary["best"]["retrain_epochs"]
+    assert summary["best"]["trial_id"] in set(trials["trial_id"])
+    assert summary["provenance"]["data_hash"] and summary["provenance"]["seeds"]["search"] == 0
+
+    # every epoch row names one node per fold; the per-fold accuracies average to cv_accuracy
+    for trial_dir in (run / "tune").iterdir():
+        if trial_dir.is_dir():
+            progress = pd.read_csv(trial_dir / "progress.csv")
+            assert list(progress["training_iteration"]) == list(progress["epoch"])
+            assert all(len(str(n).split(",")) == 2 for n in progress["node_ids"])
+            mean = progress[["fold0_accuracy", "fold1_accuracy"]].mean(axis=1)
+            assert np.allclose(mean, progress["cv_accuracy"])
+
+
+def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(run: Path) -> None:
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    assert (trials["status"] == "stopped_early").sum() >= 1
+    assert (trials["status"] == "completed").sum() >= 1
+    states = [t.state for t in optuna_trials(run)]
+    assert states.count(TrialState.PRUNED) == (trials["status"] == "stopped_early").sum()
+    assert states.count(TrialState.COMPLETE) == (trials["status"] == "completed").sum()
+    poor = next(t for t in optuna_trials(run) if t.params.get("lr") == POOR["lr"])
+    assert poor.state == TrialState.PRUNED and poor.intermediate_values  # told with its per-epoch values
+
+
+def test_hparams_for_every_trial(run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    for trial_id in trials["trial_id"]:
+        acc = EventAccumulator(str(run / "tensorboard" / trial_id), size_guidance={"tensors": 0})
+        acc.Reload()
+        assert acc.PluginTagToContent("hparams"), f"no HParams for trial {trial_id}"
+        assert "cv/accuracy" in acc.Tags()["scalars"]
+
+
+def test_winner_checkpoint_predicts(run: Path, tmp_path: Path) -> None:
+    from cellnet.cli import main as cellnet_main
+    from cellnet.data import generate
+
+    cells = generate(12, 32, seed=5)
+    np.savez(tmp_path / "cells.npz", images=cells.images, labels=cells.labels)
+    out = tmp_path / "pred.csv"
+    assert (
+        cellnet_main(["predict", "--checkpoint", str(run / "best"), "--out", str(out), str(tmp_path / "cells.npz")])
+        == 0
+    )
+    pred = pd.read_csv(out)
+    assert len(pred) == 12 and pred["error"].isna().all()

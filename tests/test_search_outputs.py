@@ -1,0 +1,429 @@
+"""Search outputs without a Ray cluster: the TensorBoard callback driven with fake trials and read back through
+TensorBoard's own HParams backend, and trials.csv / summary.json / leaderboard / plots from fabricated trial records
+(completed, stopped early and failed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellnet.config import parse_config
+from search import results
+from search.results import TrialRecord
+
+FOLDS = 2
+MAX_EPOCHS = 3
+
+
+def make_cfg(**search):
+    raw = {
+        "name": "unit",
+        "data": {"source": "synthetic", "image_size": 32},
+        "cv": {"folds": FOLDS, "seed": 0},
+        "train": {"batch_size": 16},
+        "search": {
+            "metric": "cv_accuracy",
+            "mode": "max",
+            "num_samples": 4,
+            "max_epochs": MAX_EPOCHS,
+            "grace_period": 1,
+        }
+        | search,
+        "space": {
+            "backbone": {"choice": ["test_resnet", "test_efficientnet"]},
+            "lr": {"loguniform": [1.0e-4, 1.0e-2]},
+            "head_layers": {"int": [0, 2]},
+            "input_size": {"choice": [None, 48]},
+            "freeze_bn": {"choice": [True, False]},
+        },
+    }
+    return parse_config(raw, "unit.yaml")
+
+
+def epoch_rows(accs: list[float], *, t0: float, node: str = "n1") -> pd.DataFrame:
+    """Per-epoch metrics with the search-layer contract's names (as Tune's metrics_dataframe has them)."""
+    rows = []
+    for e, a in enumerate(accs, start=1):
+        row = {
+            "epoch": e,
+            "training_iteration": e,
+            "cv_accuracy": a,
+            "cv_accuracy_std": 0.01 * e,
+            "cv_macro_f1": a - 0.1,
+            "cv_balanced_accuracy": a - 0.05,
+            "cv_val_loss": 2.0 - a,
+            "cv_train_loss": 1.5 - a,
+            "cv_train_accuracy": a + 0.02,
+            "lr": 1e-3 / e,
+            "images_per_s": 100.0,
+            "fit_time_s": 0.5,
+            "node_ids": ",".join([node] * FOLDS),
+            "diverged": 0,
+            "timestamp": t0 + e,
+            "time_total_s": float(e),
+        }
+        for i in range(FOLDS):
+            row |= {
+                f"fold{i}_accuracy": a + (0.01 if i else -0.01),
+                f"fold{i}_macro_f1": a - 0.1,
+                f"fold{i}_val_loss": 2.0 - a,
+                f"fold{i}_train_loss": 1.5 - a,
+                f"fold{i}_train_accuracy": a,
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PARAMS = {
+    "t_a": {"backbone": "test_resnet", "lr": 1e-3, "head_layers": 1, "input_size": None, "freeze_bn": True},
+    "t_b": {"backbone": "test_efficientnet", "lr": 3e-4, "head_layers": 0, "input_size": 48, "freeze_bn": False},
+    "t_c": {"backbone": "test_resnet", "lr": 5e-3, "head_layers": 2, "input_size": None, "freeze_bn": False},
+    "t_d": {"backbone": "test_efficientnet", "lr": 1e-4, "head_layers": 1, "input_size": 48, "freeze_bn": True},
+}
+
+
+def fabricated_records() -> list[TrialRecord]:
+    """t_a completes (best at epoch 2), t_b completes best overall (epoch 3), t_c stopped after 1, t_d failed."""
+    return [
+        TrialRecord("t_b", PARAMS["t_b"], epoch_rows([0.5, 0.7, 0.9], t0=200.0, node="n2")),
+        TrialRecord("t_a", PARAMS["t_a"], epoch_rows([0.6, 0.8, 0.7], t0=100.0)),
+        TrialRecord("t_c", PARAMS["t_c"], epoch_rows([0.3], t0=150.0)),
+        TrialRecord("t_d", PARAMS["t_d"], pd.DataFrame(), error="DivergedError: loss is nan at epoch 1"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TensorBoard
+
+
+def read_hparams(logdir: Path):
+    """What TensorBoard's HParams dashboard would show: the experiment and its session groups (one per trial)."""
+    from tensorboard import context as tb_context
+    from tensorboard.backend.event_processing import data_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    ctx = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, data_provider=provider)
+    bctx = backend_context.Context(ctx)
+    rc = tb_context.RequestContext()
+    experiment = get_experiment.Handler(rc, bctx, "", api_pb2.GetExperimentRequest()).run()
+    req = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE],
+    )
+    for h in experiment.hparam_infos:
+        req.col_params.add(hparam=h.name)
+    for m in experiment.metric_infos:
+        req.col_params.add(metric=m.name)
+    groups = list_session_groups.Handler(rc, bctx, "", req).run().session_groups
+    return experiment, {g.name: g for g in groups}, mux
+
+
+def drive_callback(cb, records: list[TrialRecord]) -> None:
+    """Play the fabricated trials through the callback the way Tune's controller calls it."""
+    cb.setup()
+    for rec in records:
+        trial = SimpleNamespace(trial_id=rec.trial_id, config={"params": rec.params})
+        cb.on_trial_start(0, [], trial)
+        for _, row in rec.history.iterrows():
+            cb.on_trial_result(0, [], trial, row.to_dict())
+        (cb.on_trial_error if rec.error else cb.on_trial_complete)(0, [], trial)
+    cb.on_experiment_end([])
+
+
+def test_tensorboard_callback_scalars_and_hparams(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    from search.tensorboard import TensorBoardHParamsCallback
+
+    cfg = make_cfg()
+    logdir = tmp_path / "run" / "tensorboard"
+    recs = fabricated_records()
+    drive_callback(TensorBoardHParamsCallback(logdir, cfg.searched(), MAX_EPOCHS, "cv_accuracy", "max"), recs)
+
+    experiment, groups, mux = read_hparams(logdir)
+    assert {h.name for h in experiment.hparam_infos} == set(cfg.searched())
+    types = {h.name: h.type for h in experiment.hparam_infos}
+    assert types["lr"] == api_pb2.DATA_TYPE_FLOAT64 and types["freeze_bn"] == api_pb2.DATA_TYPE_BOOL
+    assert types["input_size"] == api_pb2.DATA_TYPE_STRING  # [None, 48] -> "none" / "48"
+
+    assert set(groups) == {"t_a", "t_b", "t_c", "t_d"}  # every trial listed, the failed one included
+    for rec in recs:
+        session = groups[rec.trial_id].sessions[0]
+        hp = groups[rec.trial_id].hparams
+        assert set(hp) == set(rec.params)
+        assert hp["backbone"].string_value == rec.params["backbone"]
+        assert hp["lr"].number_value == pytest.approx(rec.params["lr"])
+        assert hp["freeze_bn"].bool_value == rec.params["freeze_bn"]
+        assert hp["input_size"].string_value == ("none" if rec.params["input_size"] is None else "48")
+        assert session.status == (api_pb2.STATUS_FAILURE if rec.error else api_pb2.STATUS_SUCCESS)
+
+    def metric(trial: str, tag: str) -> float:
+        values = {m.name.tag: m.value for m in groups[trial].metric_values}
+        return values[tag]
+
+    # t_a peaks at epoch 2 (0.8) although its last epoch is 0.7; t_c was stopped after 1 of 3 epochs
+    assert metric("t_a", "hparams/cv_accuracy") == pytest.approx(0.8)
+    assert metric("t_a", "hparams/best_epoch") == 2
+    assert metric("t_a", "hparams/cv_accuracy_last") == pytest.approx(0.7)
+    assert metric("t_a", "hparams/cv_macro_f1") == pytest.approx(0.7)
+    assert metric("t_a", "hparams/cv_accuracy_std") == pytest.approx(0.02)
+    assert metric("t_a", "hparams/stopped_early") == 0
+    assert metric("t_c", "hparams/stopped_early") == 1 and metric("t_c", "hparams/epochs") == 1
+    assert metric("t_b", "hparams/epochs") == 3
+
+    # per-epoch curves, step = epoch, in the trial's own run
+    acc = mux.Tensors("t_a", "cv/accuracy")
+    assert [e.step for e in acc] == [1, 2, 3]
+    assert [float(e.tensor_proto.float_val[0]) for e in acc] == pytest.approx([0.6, 0.8, 0.7])
+    tags = set(mux.GetAccumulator("t_b").Tags()["tensors"])
+    expected = {"cv/accuracy_std", "cv/macro_f1", "cv/val_loss", "cv/train_loss", "train/lr", "perf/images_per_s"}
+    expected |= {f"fold{i}/{m}" for i in range(FOLDS) for m in ("accuracy", "macro_f1", "val_loss", "train_loss")}
+    assert expected <= tags
+    assert not any("node_ids" in t or "diverged" in t for t in tags)
+
+
+def test_tensorboard_callback_resume_does_not_duplicate(tmp_path):
+    """A resumed search (new callback, same logdir) re-reporting epochs writes no second session or duplicate steps."""
+    from search.tensorboard import TensorBoardHParamsCallback
+
+    cfg = make_cfg()
+    logdir = tmp_path / "tensorboard"
+    rec = TrialRecord("t_r", PARAMS["t_a"], epoch_rows([0.5, 0.6, 0.7], t0=0.0))
+    trial = SimpleNamespace(trial_id="t_r", config={"params": rec.params})
+    rows = [r.to_dict() for _, r in rec.history.iterrows()]
+
+    first = TensorBoardHParamsCallback(logdir, cfg.searched(), MAX_EPOCHS)
+    first.setup()
+    for row in rows[:2]:
+        first.on_trial_result(0, [], trial, row)
+    first.close()  # the driver died here
+
+    second = TensorBoardHParamsCallback(logdir, cfg.searched(), MAX_EPOCHS)
+    second.setup()
+    second.on_trial_restore(0, [], trial)
+    for row in rows[1:]:  # restored from the epoch-1 checkpoint: epoch 2 comes again
+        second.on_trial_result(0, [], trial, row)
+    second.on_trial_complete(0, [], trial)
+
+    experiment, groups, mux = read_hparams(logdir)
+    assert list(groups) == ["t_r"]
+    assert [e.step for e in mux.Tensors("t_r", "cv/accuracy")] == [1, 2, 3]
+    values = {m.name.tag: m.value for m in groups["t_r"].metric_values}
+    assert values["hparams/cv_accuracy"] == pytest.approx(0.7) and values["hparams/epochs"] == 3
+    root = mux.GetAccumulator(".")
+    assert len(root.Tensors("_hparams_/experiment")) == 1  # the experiment config is written once
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trials.csv, summary.json, leaderboard, plots
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = make_cfg()
+    prov = {"git_sha": "abc123", "data_hash": "f00", "seeds": {"cv": 0}}
+    out = results.write_outputs(
+        cfg, fabricated_records(), run_dir, num_classes=8, wall_time_s=12.5, provenance=prov, test={"accuracy": 0.5}
+    )
+    return cfg, run_dir, out
+
+
+def test_trials_csv(outputs):
+    cfg, run_dir, out = outputs
+    table = results.read_trials(run_dir)
+    # completion order: t_a (ends t=103), t_c (151), t_b (203), then failed t_d without a report
+    assert list(table["trial_id"]) == ["t_a", "t_c", "t_b", "t_d"]
+    by_id = table.set_index("trial_id")
+    assert dict(by_id["status"]) == {
+        "t_a": "completed",
+        "t_b": "completed",
+        "t_c": "stopped_early",
+        "t_d": "failed",
+    }
+    for name in cfg.searched():
+        assert f"param_{name}" in table
+    a = by_id.loc["t_a"]
+    assert a["cv_accuracy"] == pytest.approx(0.8) and a["best_epoch"] == 2 and a["epochs"] == 3
+    assert a["final_cv_accuracy"] == pytest.approx(0.7)
+    assert a["cv_accuracy_std"] == pytest.approx(0.02)
+    assert a["fold0_accuracy"] == pytest.approx(0.79) and a["fold1_accuracy"] == pytest.approx(0.81)
+    assert a["fold_epochs"] == 3 * FOLDS and a["node_ids"] == "n1,n1"
+    assert by_id.loc["t_c", "fold_epochs"] == FOLDS
+    assert "DivergedError" in by_id.loc["t_d", "error"] and np.isnan(by_id.loc["t_d", "cv_accuracy"])
+    # params survive the CSV round trip exactly (None, ints, bools)
+    assert results.params_of(by_id.loc["t_b"]) == PARAMS["t_b"]
+    assert results.params_of(by_id.loc["t_d"]) == PARAMS["t_d"]
+    # model cost: real tiny timm models, cached per architecture; head_layers changes the parameter count
+    assert (table["num_params"] > 0).all() and (table["cpu_latency_ms"] > 0).all()
+    assert by_id.loc["t_a", "num_params"] != by_id.loc["t_c", "num_params"]
+
+
+def test_summary_json(outputs):
+    cfg, run_dir, out = outputs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["best"]
+    assert best["trial_id"] == "t_b" and out.best_trial_id == "t_b"
+    assert best["params"] == PARAMS["t_b"] == out.best_params
+    assert best["config"]["backbone"] == "test_efficientnet" and best["config"]["batch_size"] == 16
+    assert best["config"]["input_size"] == 48 and best["config"]["lr"] == pytest.approx(3e-4)
+    assert best["best_epoch"] == 3 and best["retrain_epochs"] == 3 == out.retrain_epochs
+    assert best["cv"]["cv_accuracy"] == pytest.approx(0.9) and best["cv"]["cv_accuracy_std"] == pytest.approx(0.03)
+    assert best["cv"]["folds"]["accuracy"] == pytest.approx([0.89, 0.91])
+    cm = out.checkpoint_metrics  # what search.run hands to retrain(cv_metrics=...)
+    assert cm["trial_id"] == "t_b" and cm["cv"]["best_epoch"] == 3
+    assert cm["cv"]["cv_accuracy"] == pytest.approx(0.9) and cm["cv"]["fold1_accuracy"] == pytest.approx(0.91)
+    assert "fold_epochs" not in cm["cv"] and "final_cv_accuracy" not in cm["cv"]
+    assert summary["trials"] == {"total": 4, "completed": 2, "stopped_early": 1, "failed": 1}
+    assert summary["wall_time_s"] == 12.5 and summary["test"] == {"accuracy": 0.5}
+    assert summary["provenance"]["git_sha"] == "abc123"
+    assert summary["fold_epochs"] == (3 + 3 + 1) * FOLDS
+    updated = results.update_summary(run_dir, retrain={"epochs": 3, "checkpoint": "best"})
+    assert updated["retrain"]["epochs"] == 3 and updated["best"]["trial_id"] == "t_b"
+    assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_leaderboard(outputs):
+    cfg, run_dir, out = outputs
+    lines = out.leaderboard.splitlines()
+    assert lines[0].startswith("Top 4 of 4 trials by cv_accuracy")
+    header, rule, *rows = lines[1:7]
+    assert header.split()[:5] == ["#", "trial", "status", "cv_accuracy", "epochs"]
+    assert [r.split()[1] for r in rows] == ["t_b", "t_a", "t_c", "t_d"]
+    assert "0.9000 ± 0.0300" in rows[0] and "3/3" in rows[0]
+    assert "1/3" in rows[2] and "stopped_early" in rows[2]
+    assert "failed" in rows[3] and " - " in rows[3]
+    assert len({len(x.rstrip()) for x in [header, rule]}) == 1  # columns aligned to the rule
+    starts = [header.index(h) for h in ("trial", "status", "backbone")]
+    for r in rows:
+        assert [r[s - 1] for s in starts] == [" "] * 3  # every column starts at the same place
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out.leaderboard
+    assert "backbone" in header and "lr" in header
+
+
+def test_plots(outputs):
+    cfg, run_dir, out = outputs
+    report = run_dir / "report"
+    for name in ("best_vs_trials", "best_vs_compute", "param_importance"):
+        path = report / f"{name}.png"
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert out.plots[name] == path
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["plots"]) == {"best_vs_trials", "best_vs_compute", "param_importance"}
+    imp, _ = results.param_importances(cfg, out.table)
+    assert imp is not None and set(imp) <= set(cfg.searched()) and sum(imp.values()) == pytest.approx(1.0)
+
+
+def test_importance_skipped_with_too_few_trials(tmp_path):
+    cfg = make_cfg()
+    recs = [TrialRecord("only", PARAMS["t_a"], epoch_rows([0.5, 0.6, 0.7], t0=0.0))]
+    out = results.write_outputs(cfg, recs, tmp_path, num_classes=8, measure_cost=False)
+    assert not (tmp_path / "report" / "param_importance.png").exists()
+    assert (tmp_path / "report" / "best_vs_trials.png").is_file()
+    assert any("importance skipped" in n and "at least 2" in n for n in out.notes)
+    assert "Note: parameter importance skipped" in out.leaderboard
+
+    same = [TrialRecord(f"s{i}", PARAMS["t_a"], epoch_rows([0.5 + i / 10], t0=i)) for i in range(3)]
+    imp, note = results.param_importances(cfg, results.trials_table(cfg, same, num_classes=8, measure_cost=False))
+    assert imp is None and "no searched parameter" in note
+
+
+def test_all_failed_has_no_winner(tmp_path):
+    cfg = make_cfg()
+    recs = [TrialRecord("x", PARAMS["t_a"], pd.DataFrame(), error="RuntimeError: boom")]
+    out = results.write_outputs(cfg, recs, tmp_path, num_classes=8, measure_cost=False)
+    assert out.best_trial_id is None and out.summary["best"] is None and out.retrain_epochs is None
+    assert out.summary["trials"]["failed"] == 1
+    assert any("progress plots skipped" in n for n in out.notes)
+
+
+def test_min_mode_picks_lowest_loss(tmp_path):
+    cfg = make_cfg(metric="cv_val_loss", mode="min")
+    out = results.write_outputs(cfg, fabricated_records(), tmp_path, num_classes=8, measure_cost=False)
+    # val loss = 2 - accuracy: lowest is t_b epoch 3 (1.1); t_a's best-loss epoch is 2
+    assert out.best_trial_id == "t_b"
+    assert out.table.set_index("trial_id").loc["t_a", "best_epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same under a real (tiny) Tune run: the callback's hooks fire, ASHA-stopped and errored trials are told apart
+
+
+def _fake_trial(config):
+    """Reports contract metrics for 3 epochs (better with more head layers); a large lr raises."""
+    from ray import tune
+
+    p = config["params"]
+    if p["lr"] > 9e-3:
+        raise RuntimeError("boom")
+    for e in range(1, MAX_EPOCHS + 1):
+        acc = 0.3 + 0.1 * e + 0.05 * p["head_layers"]
+        tune.report(
+            {
+                "epoch": e,
+                "cv_accuracy": acc,
+                "cv_accuracy_std": 0.01,
+                "cv_macro_f1": acc - 0.1,
+                "fold0_accuracy": acc,
+                "fold1_accuracy": acc,
+                "node_ids": "a,b",
+                "lr": 1e-3,
+            }
+        )
+
+
+def test_under_tune_with_asha(ray_cluster, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.tensorboard import TensorBoardHParamsCallback
+
+    cfg = make_cfg()
+    base = {"backbone": "test_resnet", "input_size": None, "freeze_bn": True}
+    points = [base | {"lr": lr, "head_layers": h} for lr, h in [(1e-3, 2), (2e-3, 0), (9.5e-3, 1), (3e-3, 0)]]
+    tuner = tune.Tuner(
+        _fake_trial,
+        param_space={"params": tune.grid_search(points)},
+        tune_config=tune.TuneConfig(
+            metric="cv_accuracy",
+            mode="max",
+            scheduler=ASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2),
+            max_concurrent_trials=1,  # deterministic ASHA decisions: the low scorers stop at the first rung
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path),
+            name="tune",
+            callbacks=[TensorBoardHParamsCallback(tmp_path / "tensorboard", cfg.searched(), MAX_EPOCHS)],
+            verbose=0,
+        ),
+    )
+    records = results.records_from_result_grid(tuner.fit())
+    out = results.write_outputs(cfg, records, tmp_path, num_classes=8, measure_cost=False)
+    status = dict(zip(out.table["param_lr"], out.table["status"]))
+    assert status == {1e-3: "completed", 2e-3: "stopped_early", 3e-3: "stopped_early", 9.5e-3: "failed"}
+    failed = out.table[out.table["status"] == "failed"].iloc[0]
+    assert failed["error"] == "RuntimeError: boom"  # one line, not Ray's wrapped traceback
+    assert results.params_of(failed)["lr"] == 9.5e-3
+    assert out.summary["best"]["params"]["lr"] == 1e-3 and out.retrain_epochs == MAX_EPOCHS
+
+    _, groups, _ = read_hparams(tmp_path / "tensorboard")
+    assert set(groups) == set(out.table["trial_id"])
+    stopped = {
+        g: {m.name.tag: m.value for m in s.metric_values}.get("hparams/stopped_early") for g, s in groups.items()
+    }
+    by_id = out.table.set_index("trial_id")["status"]
+    assert {g: v for g, v in stopped.items() if v is not None} == {
+        t: float(s == "stopped_early") for t, s in by_id.items() if s != "failed"
+    }
