@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A fresh run directory each time, so `make demo` can be run again; the newest is also linked as runs/quickstart.
+DEMO_RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(BIN)/python -m search.run spaces/quickstart.yaml
+	$(BIN)/python -m search.run spaces/quickstart.yaml --storage $(DEMO_RUN)
+	test -e runs/quickstart -a ! -L runs/quickstart || ln -sfn $(notdir $(DEMO_RUN)) runs/quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check cellnet search tests bench

@@ -292,7 +292,7 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search.retrain",
         description="Retrain a trial of a finished search on all cleaned data and save a cellnet checkpoint.",
@@ -304,7 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", help="checkpoint directory (default: RUN_DIR/retrained/TRIAL)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
@@ -315,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Checkpoint: {path}")
-    print(f"  cellnet evaluate {path} <SOURCE>   |   cellnet predict {path} <images>")
+    print(f"  cellnet evaluate --checkpoint {path} SOURCE --out REPORT_DIR")
+    print(f"  cellnet predict --checkpoint {path} IMAGES... --out predictions.csv")
     return 0
 
 

@@ -199,9 +199,9 @@ def test_shared_storage_is_mounted_on_every_node(name: str) -> None:
 # docs/cluster.md: every command it shows exists, with the flags it uses
 
 
-def doc_commands() -> list[list[str]]:
+def doc_commands(doc: Path = DOC) -> list[list[str]]:
     """The `ray ...` and `python -m search.run ...` command lines of the doc's shell blocks (continuations joined)."""
-    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", DOC.read_text(), flags=re.S)
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", doc.read_text(), flags=re.S)
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -252,11 +252,12 @@ def check_search_command(words: list[str]) -> None:
             assert arg.split("=", 1)[0] in flags, f"`{' '.join(words)}`: search.run has no {arg}"
 
 
-def test_doc_commands_exist() -> None:
-    commands = doc_commands()
+@pytest.mark.parametrize("doc", [DOC, REPO / "README.md"], ids=["cluster.md", "README"])
+def test_doc_commands_exist(doc: Path) -> None:
+    commands = doc_commands(doc)
     shown = {" ".join(c[:3]) for c in commands}
     for needed in ["ray up cluster.yaml", "ray job submit", "ray dashboard cluster.yaml", "ray down cluster.yaml"]:
-        assert any(s.startswith(needed) for s in shown), f"docs/cluster.md shows no `{needed}`"
+        assert any(s.startswith(needed) for s in shown), f"{doc.name} shows no `{needed}`"
     for words in commands:
         if words[0] == "ray":
             check_ray_command(words)

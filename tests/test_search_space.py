@@ -17,7 +17,9 @@ from search.optuna_pruned import make_searcher
 from search.run import main
 from search.space import suggest
 
-SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))
+SPACE_DIR = Path(__file__).resolve().parents[1] / "spaces"
+BASELINE = SPACE_DIR / "baseline.yaml"  # `cellnet train`'s single-model config: every entry fixed
+SPACES = sorted(p for p in SPACE_DIR.glob("*.yaml") if p != BASELINE)
 
 BASE: dict[str, Any] = {
     "name": "t",
@@ -176,3 +178,11 @@ def test_every_shipped_space_parses(space: Path, capsys: pytest.CaptureFixture[s
     cfg = parse_config(yaml.safe_load(space.read_text()), str(space))
     assert cfg.searched(), f"{space.name} searches nothing"
     make_searcher(cfg).suggest("t0")  # the space and its points_to_evaluate work with Optuna
+
+
+def test_shipped_baseline_is_a_fixed_single_model_config() -> None:
+    from cellnet.cli import fixed_train_config
+
+    cfg = parse_config(yaml.safe_load(BASELINE.read_text()), str(BASELINE))
+    assert not cfg.searched()
+    assert fixed_train_config(str(BASELINE), cfg).backbone == "mobilenetv3_small_050"
