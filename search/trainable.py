@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,14 @@ def rung_epochs(cfg: ExperimentConfig) -> list[int]:
     return out
 
 
-def fold_metrics(per_fold: list[dict[str, float]], node_ids: list[str]) -> dict[str, Any]:
-    """The per-epoch row of the search-layer contract from the k folds' Trainer metrics (fold order)."""
+def fold_metrics(
+    per_fold: list[dict[str, float]], node_ids: list[str], startup_s: float | None = None
+) -> dict[str, Any]:
+    """The per-epoch row of the search-layer contract from the k folds' Trainer metrics (fold order).
+
+    `startup_s`: seconds from the trial driver's start to the first batch of this worker group (the slowest fold);
+    the benchmarks read it, together with `fold_time_sum_s`, to separate training from orchestration time.
+    """
     out: dict[str, Any] = {"epoch": int(per_fold[0]["epoch"])}
     for key, src in _CV.items():
         out[key] = float(np.mean([m[src] for m in per_fold]))
@@ -72,6 +79,8 @@ def fold_metrics(per_fold: list[dict[str, float]], node_ids: list[str]) -> dict[
     out["lr"] = float(per_fold[0]["lr"])
     out["images_per_s"] = float(sum(m["images_per_s"] for m in per_fold))
     out["fit_time_s"] = float(max(m["epoch_time_s"] for m in per_fold))
+    out["fold_time_sum_s"] = float(sum(m["epoch_time_s"] for m in per_fold))
+    out["startup_s"] = float("nan") if startup_s is None else float(startup_s)
     for i, m in enumerate(per_fold):
         out[f"fold{i}_accuracy"] = float(m["val_accuracy"])
         out[f"fold{i}_macro_f1"] = float(m["val_macro_f1"])
@@ -122,21 +131,26 @@ def fold_worker(loop: dict[str, Any]) -> None:
 
     node = ray.get_runtime_context().get_node_id()
     max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
+    startup_s: float | None = None
+    measure_startup = checkpoint is None  # a restarted group's "start-up" would include the epochs before the loss
     while trainer.epoch < max_epochs:
         _fault_hook(rank, world, trainer.epoch)
+        if measure_startup:  # trial driver started -> this fold's first batch about to train
+            startup_s, measure_startup = time.time() - loop["trial_started"], False
         try:
             mine: dict[str, float] | None = trainer.train_epoch()
             error = None
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (mine, error, node))
-        errors = [f"fold {i}: {e}" for i, (_, e, _) in enumerate(gathered) if e]
+        dist.all_gather_object(gathered, (mine, error, node, startup_s))
+        errors = [f"fold {i}: {e}" for i, (_, e, _, _) in enumerate(gathered) if e]
         if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
             if rank == 0:
                 _write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
             return
-        metrics = fold_metrics([m for m, _, _ in gathered], [n for _, _, n in gathered])
+        startups = [g[3] for g in gathered if g[3] is not None]
+        metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], max(startups, default=None))
         epoch = trainer.epoch
         if epoch % every == 0 or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +199,7 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    started = time.time()
     share_ray_address()
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(run_dir) / "train" / trial_id
@@ -203,6 +218,7 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
             "threads": plan.threads_per_fold,
             "use_gpu": plan.gpus_per_fold > 0,
             "trial_dir": str(trial_dir),
+            "trial_started": started,
         },
         torch_config=TorchConfig(backend="gloo"),  # only small metric dicts travel; no DDP
         scaling_config=ScalingConfig(
