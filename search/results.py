@@ -434,7 +434,7 @@ def format_leaderboard(
     if run_dir is not None:
         out += [
             "",
-            f"Outputs in {run_dir}: trials.csv, summary.json, report/ (plots), best/ (checkpoint)",
+            f"Outputs in {run_dir}: trials.csv, summary.json, report/ (plots), best/ (the winner, once retrained)",
             f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
         ]
     return "\n".join(out)

@@ -139,9 +139,13 @@ def connect(address: str | None, debug: bool) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=debug, logging_level=logging.WARNING
-    )
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=target, log_to_driver=debug, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        if debug or target is None:
+            raise
+        raise ConfigError(f"--address {target}: cannot connect to a Ray cluster there ({e})") from None
     return True
 
 
@@ -205,7 +209,11 @@ def tuner_for(
     *,
     resume: bool,
     tell_pruned: bool = True,
+    stopper: Any = None,
 ) -> Any:
+    """The Tuner of a new search, or the restored one (`resume`). `tell_pruned=False` tells Optuna COMPLETE for
+    early-stopped trials (Ray's behaviour); `stopper` (a ray.tune.Stopper, new searches only) can end trials or the
+    whole search early. Both exist for bench/bench_search.py; the defaults are what the search runs with."""
     from ray import tune
 
     from search.optuna_pruned import make_searcher
@@ -241,6 +249,7 @@ def tuner_for(
         run_config=tune.RunConfig(
             storage_path=str(run_dir),
             name=TUNE_DIR,
+            stop=stopper,
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=0),  # retries happen in Ray Train (trainable.py)
             verbose=1,
@@ -279,12 +288,19 @@ def load_data(cfg: ExperimentConfig) -> tuple[Any, list[tuple[Any, Any]], Any]:
     return data, splits, test
 
 
-def search(args: argparse.Namespace) -> int:
+def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any = None) -> int:
+    """The whole search for parsed `args`; `tell_pruned` and `stopper` go to `tuner_for`."""
     cfg, run_dir = resolve(args)
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     autoscaling = not local and cfg.resources.max_concurrent is not None
-    if args.dry_run:
-        dry_run(cfg, run_dir, resources.plan(cfg, resources.local_cluster(), strict=False))
+    if args.dry_run:  # with --address: planned against that cluster's nodes (connecting runs nothing)
+        cluster = resources.local_cluster()
+        if not local:
+            owns = connect(args.address, args.debug)
+            cluster = resources.ray_cluster()
+            if owns:
+                disconnect({})
+        dry_run(cfg, run_dir, resources.plan(cfg, cluster, autoscaling=autoscaling, strict=False))
         return 0
     import ray
 
@@ -303,7 +319,7 @@ def search(args: argparse.Namespace) -> int:
         print("\n".join(["resource plan:", *plan.describe()]))
         write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
         refs = {"data": ray.put(data), "folds": ray.put(splits)}
-        grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume).fit()
+        grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper).fit()
         left = unfinished(grid)
         if left:
             print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
@@ -350,8 +366,12 @@ def finish(
     print()
     print(out.leaderboard)
     if not retrain_winner or out.best_params is None or out.retrain_epochs is None:
+        if out.best_trial_id is not None:
+            print(
+                "\nwinner not retrained (--no-retrain); to do it: "
+                f"python -m search.retrain {run_dir} --trial {out.best_trial_id} --out {run_dir / 'best'}"
+            )
         return
-    best = out.summary["best"]
     print(f"\nretraining {out.best_trial_id} on all {len(data)} images for {out.retrain_epochs} epochs ...")
     path = retrain(
         cfg,
@@ -359,10 +379,7 @@ def finish(
         refs["data"],
         out.retrain_epochs,
         run_dir / "best",
-        cv_metrics={
-            "cv": {k: v for k, v in best.items() if k.startswith(("cv_", "fold"))},
-            "trial_id": best["trial_id"],
-        },
+        cv_metrics=out.checkpoint_metrics,
         provenance={**prov, "trial_id": out.best_trial_id},
         storage_path=run_dir / "retrain",
     )
@@ -378,10 +395,11 @@ def finish(
     update_summary(run_dir, **sections)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, tell_pruned: bool = True, stopper: Any = None) -> int:
+    """The command line; `tell_pruned` and `stopper` (see `tuner_for`) let bench/bench_search.py vary the search."""
     args = build_parser().parse_args(argv)
     try:
-        return search(args)
+        return search(args, tell_pruned=tell_pruned, stopper=stopper)
     except CellnetError as e:
         if args.debug:
             raise

@@ -139,6 +139,20 @@ def test_dry_run_prints_config_space_and_plan(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "run").exists()  # nothing ran, nothing written
 
 
+def test_dry_run_plans_against_the_cluster_at_address(
+    ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    path = write(tmp_path, BASE)
+    argv = [path, "--dry-run", "--address", os.environ["RAY_ADDRESS"], "--max-concurrent", "3"]
+    assert main([*argv, "--storage", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "(ray)" in out  # the connected cluster's nodes, not this machine's guess
+    assert "3 trial(s) at once" in out  # --max-concurrent on a cluster that may autoscale
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("change", "argv", "message"),
     [
