@@ -63,6 +63,12 @@ def test_conditional_params_only_when_active() -> None:
     assert seen == {True, False}
 
 
+@pytest.mark.parametrize(("num_samples", "startup"), [(6, 3), (8, 3), (18, 6), (60, 10)])
+def test_tpe_starts_modelling_within_small_budgets(num_samples: int, startup: int) -> None:
+    sampler = make_searcher(config(search={"searcher": "tpe", "num_samples": num_samples})).study.sampler
+    assert sampler._n_startup_trials == startup  # Optuna's fixed 10 would leave an 8-trial search all random
+
+
 def test_searcher_kinds_are_seeded() -> None:
     def draws(searcher: str, seed: int) -> list[dict[str, Any]]:
         s = make_searcher(config(search={"searcher": searcher, "seed": seed}))
