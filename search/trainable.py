@@ -65,12 +65,14 @@ def rung_epochs(cfg: ExperimentConfig) -> list[int]:
 
 
 def fold_metrics(
-    per_fold: list[dict[str, float]], node_ids: list[str], startup_s: float | None = None
+    per_fold: list[dict[str, float]], node_ids: list[str], startup: tuple[float, float] | None = None
 ) -> dict[str, Any]:
     """The per-epoch row of the search-layer contract from the k folds' Trainer metrics (fold order).
 
-    `startup_s`: seconds from the trial driver's start to the first batch of this worker group (the slowest fold);
-    the benchmarks read it, together with `fold_time_sum_s`, to separate training from orchestration time.
+    `startup`: seconds from the trial driver's start to (the slowest fold's worker function being entered, its first
+    batch) -- `worker_start_s` and `startup_s`, NaN after a restart; the benchmarks read them, with
+    `fold_time_sum_s` / `fold_cpu_sum_s` (wall / CPU seconds inside the epochs, summed over folds), to separate
+    training from orchestration time.
     """
     out: dict[str, Any] = {"epoch": int(per_fold[0]["epoch"])}
     for key, src in _CV.items():
@@ -80,7 +82,8 @@ def fold_metrics(
     out["images_per_s"] = float(sum(m["images_per_s"] for m in per_fold))
     out["fit_time_s"] = float(max(m["epoch_time_s"] for m in per_fold))
     out["fold_time_sum_s"] = float(sum(m["epoch_time_s"] for m in per_fold))
-    out["startup_s"] = float("nan") if startup_s is None else float(startup_s)
+    out["fold_cpu_sum_s"] = float(sum(m.get("cpu_time_s", m["epoch_time_s"]) for m in per_fold))
+    out["worker_start_s"], out["startup_s"] = startup if startup is not None else (float("nan"), float("nan"))
     for i, m in enumerate(per_fold):
         out[f"fold{i}_accuracy"] = float(m["val_accuracy"])
         out[f"fold{i}_macro_f1"] = float(m["val_macro_f1"])
@@ -107,6 +110,7 @@ def _fault_hook(rank: int, world: int, epoch: int) -> None:
 
 def fold_worker(loop: dict[str, Any]) -> None:
     """Ray Train worker: train fold `rank` for up to max_epochs, reporting fold-mean metrics every epoch."""
+    entered = time.time()
     import ray.train
     import torch
     import torch.distributed as dist
@@ -131,26 +135,30 @@ def fold_worker(loop: dict[str, Any]) -> None:
 
     node = ray.get_runtime_context().get_node_id()
     max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
-    startup_s: float | None = None
+    startup: tuple[float, float] | None = None  # (trial start -> worker entered, trial start -> first batch)
     measure_startup = checkpoint is None  # a restarted group's "start-up" would include the epochs before the loss
     while trainer.epoch < max_epochs:
         _fault_hook(rank, world, trainer.epoch)
         if measure_startup:  # trial driver started -> this fold's first batch about to train
-            startup_s, measure_startup = time.time() - loop["trial_started"], False
+            started = loop["trial_started"]
+            startup, measure_startup = (entered - started, time.time() - started), False
+        cpu0 = time.process_time()  # CPU seconds of this process (all its threads) in the epoch
+        mine: dict[str, float] | None
         try:
-            mine: dict[str, float] | None = trainer.train_epoch()
-            error = None
+            epoch_metrics = trainer.train_epoch()
+            mine, error = {**epoch_metrics, "cpu_time_s": time.process_time() - cpu0}, None  # all threads
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (mine, error, node, startup_s))
+        dist.all_gather_object(gathered, (mine, error, node, startup))
         errors = [f"fold {i}: {e}" for i, (_, e, _, _) in enumerate(gathered) if e]
         if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
             if rank == 0:
                 _write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
             return
         startups = [g[3] for g in gathered if g[3] is not None]
-        metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], max(startups, default=None))
+        slowest = max(startups, key=lambda t: t[1]) if startups else None
+        metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], slowest)
         epoch = trainer.epoch
         if epoch % every == 0 or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
