@@ -182,22 +182,24 @@ def bump_num_samples(tune_dir: Path, num_samples: int) -> int:
     """Let a restored experiment run more trials: raise `total_samples` in Tune's saved search-generator state.
 
     Tuner.restore keeps the num_samples of the first run; the restored SearchGenerator reads its trial budget from
-    `search_gen_state-*.pkl` (see docs/decisions/0001). Returns the previous budget.
+    `search_gen_state-*.json` (see docs/decisions/0001). Every such file is updated: Tune rewrites them all on restore
+    (equal mtimes), so "the newest" is not a safe pick. Returns the previous budget.
     """
-    files = sorted(tune_dir.glob("search_gen_state-*.json"), key=lambda f: f.stat().st_mtime)
+    files = sorted(tune_dir.glob("search_gen_state-*.json"))
     if not files:
         raise ConfigError(f"--resume: {tune_dir} has no search state to extend")
-    path = files[-1]
-    with open(path, "rb") as src:
-        state = pickle.load(src)
-    before = int(state["total_samples"])
-    if num_samples > before:
-        state["total_samples"] = num_samples
-        state["finished"] = False
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as dst:
-            cloudpickle.dump(state, dst)  # as Tune wrote it (the experiment holds closures)
-        os.replace(tmp, path)
+    before = 0
+    for path in files:
+        with open(path, "rb") as src:
+            state = pickle.load(src)
+        before = max(before, int(state["total_samples"]))
+        if num_samples > int(state["total_samples"]):
+            state["total_samples"] = num_samples
+            state["finished"] = False
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as dst:
+                cloudpickle.dump(state, dst)  # as Tune wrote it (the experiment holds closures)
+            os.replace(tmp, path)
     return before
 
 
