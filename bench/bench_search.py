@@ -27,11 +27,19 @@ Workload: every search runs `--concurrent` (2) trials at once, whatever the mach
 period is 2 epochs, not 1: after one epoch these models are still near chance (0.1-0.3), so a rung there ranks noise.
 Epochs are cheap next to a trial's start-up, so the quick mode runs few trials of 8 epochs rather than many short ones.
 
-Caveats. With a seeded TPE sampler the first n_startup_trials (search.space.startup_trials: a third of num_samples,
-3 to 10) are the random sampler's draws for that seed, i.e. the same configs, in the same order, as random+FIFO's;
-until then PRUNED vs COMPLETE can only differ by ASHA's decisions, which depend on the order concurrent results
-arrive in (run-to-run noise; the table says when a search never left the start-up). One seed is one draw: the ratio
-mostly says where in the random sequence the best config fell; the full mode's 3 seeds say more.
+TPE's random start-up. The TPE searches get num_samples = more trials than the budget can pay for, so that the budget,
+not the trial count, ends them; search.space's default start-up (a third of num_samples, 3 to 10) would then be a
+third of that inflated count. They get `search.startup_trials` instead: the same default applied to the trials the
+budget is expected to pay for under ASHA (B / (folds x the mean epochs of an ASHA trial: all reach the grace period,
+1/rf of them each next rung)), as a user who sized num_samples for that budget would have: 3 of 8 in the quick mode,
+6 of 20 in the full one. `--startup-trials` sets it. Runs before 2026-12-02 used a third of the inflated count (6 and
+10), i.e. TPE's first 6-10 trials were random+FIFO's own configs (docs/benchmarks.md has both).
+
+Caveats. With a seeded TPE sampler the start-up trials are the random sampler's draws for that seed, i.e. the same
+configs, in the same order, as random+FIFO's; until then PRUNED vs COMPLETE can only differ by ASHA's decisions,
+which depend on the order concurrent results arrive in (run-to-run noise; the table says when a search never left
+the start-up). One seed is one draw: the ratio mostly says where in the random sequence the best config fell; the
+full mode's 3 seeds say more.
 
     .venv/bin/python -m bench.bench_search --quick    # 1 seed, synthetic:600 @ 32 px, 4 random trials (~8 min, 2 CPUs)
     .venv/bin/python -m bench.bench_search            # 3 seeds, synthetic:1200 @ 32 px, 10 random trials (~1 h, 2 CPUs)
@@ -108,8 +116,10 @@ class FoldEpochBudget(Stopper):
 # Running one search
 
 
-def search_config(a: argparse.Namespace, method: str, seed: int, num_samples: int) -> dict[str, Any]:
-    """The search YAML for one method and seed: only searcher, scheduler and num_samples differ between methods."""
+def search_config(
+    a: argparse.Namespace, method: str, seed: int, num_samples: int, startup: int | None
+) -> dict[str, Any]:
+    """The search YAML for one method and seed: only searcher, scheduler, num_samples and TPE's start-up differ."""
     _, searcher, scheduler, _ = METHODS[method]
     train, space = dict(TRAIN), dict(SPACE)
     if a.space:
@@ -131,6 +141,7 @@ def search_config(a: argparse.Namespace, method: str, seed: int, num_samples: in
             "scheduler": scheduler,
             "seed": seed,
             "checkpoint_every": a.max_epochs,  # ASHA rungs and the last epoch checkpoint anyway
+            "startup_trials": startup,
         },
         "resources": {
             "cpus_per_fold": a.cpus_per_fold,
@@ -187,9 +198,10 @@ def run_search(a: argparse.Namespace, method: str, seed: int, budget: int | None
     from search.run import main as search_main
 
     if budget is None:
-        num_samples, stopper = a.random_trials, None
+        num_samples, stopper, startup = a.random_trials, None, None
     else:  # more trials than the budget can pay for, even if every one stops at the grace period
         num_samples, stopper = budget // (a.grace * a.folds) + 2, FoldEpochBudget(budget, a.folds)
+        startup = tpe_startup(a, budget)
     run_dir = Path(a.out) / "searches" / f"seed{seed}-{method}"
     if run_dir.exists():  # an earlier bench run's search (the bench owns <out>/searches/)
         if not (run_dir / "search_config.yaml").is_file() and any(run_dir.iterdir()):
@@ -197,7 +209,7 @@ def run_search(a: argparse.Namespace, method: str, seed: int, budget: int | None
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     space = run_dir / "bench_space.yaml"
-    space.write_text(yaml.safe_dump(search_config(a, method, seed, num_samples), sort_keys=False))
+    space.write_text(yaml.safe_dump(search_config(a, method, seed, num_samples, startup), sort_keys=False))
     log = run_dir / "search.log"
     print(f"  seed {seed}  {METHODS[method][0]:<30} ", end="", flush=True)
     start = time.perf_counter()
@@ -213,7 +225,8 @@ def run_search(a: argparse.Namespace, method: str, seed: int, budget: int | None
     out = collect(run_dir, a.folds, a.max_epochs, budget)
     if made:
         out["optuna_states"] = states_of(made[-1].study)
-    out.update(method=method, seed=seed, wall_s=round(wall, 1), num_samples=num_samples, run_dir=str(run_dir))
+    out.update(method=method, seed=seed, wall_s=round(wall, 1), num_samples=num_samples, startup_trials=startup)
+    out["run_dir"] = str(run_dir)
     print(
         f"{out['trials']:3d} trials, {out['fold_epochs']:4d} fold-epochs, best cv_accuracy {out['best']:.4f}, "
         f"{wall:5.0f} s",
@@ -361,11 +374,24 @@ def plot(runs: dict[int, dict[str, dict[str, Any]]], title: str, path: Path) -> 
     plt.close(fig)
 
 
-def tpe_startup_trials(num_samples: int) -> int:
-    """The n_startup_trials search.space gives TPE for `num_samples` (random draws before TPE models anything)."""
+def asha_epochs_per_trial(grace: int, rf: float, max_epochs: int) -> float:
+    """The mean epochs of a trial under ASHA: all run to the grace period, 1/rf of them on to each next rung."""
+    rungs = [float(grace)]
+    while rungs[-1] * rf < max_epochs:
+        rungs.append(rungs[-1] * rf)
+    rungs.append(float(max_epochs))
+    return rungs[0] + sum((hi - lo) / rf ** (k + 1) for k, (lo, hi) in enumerate(zip(rungs, rungs[1:])))
+
+
+def tpe_startup(a: argparse.Namespace, budget: int) -> int:
+    """TPE's random start-up for a budget of `budget` fold-epochs: --startup-trials, else search.space's default for
+    the trials that budget is expected to pay for under ASHA (see the module doc)."""
     from search.space import startup_trials
 
-    return startup_trials(num_samples)
+    if a.startup_trials is not None:
+        return int(a.startup_trials)
+    expected = budget / (a.folds * asha_epochs_per_trial(a.grace, a.rf, a.max_epochs))
+    return startup_trials(max(1, int(expected)))
 
 
 def finite(obj: Any) -> Any:
@@ -433,6 +459,8 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
             raise BenchError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(a, key)}")
     if a.cpus_per_fold is None:
         a.cpus_per_fold = min(1.0, len(os.sched_getaffinity(0)) / (a.folds * a.concurrent))
+    if a.startup_trials is not None and a.startup_trials < 0:
+        raise BenchError(f"--startup-trials must be >= 0, got {a.startup_trials}")
     if a.grace > a.max_epochs:
         raise BenchError(f"--grace {a.grace} must be <= --max-epochs {a.max_epochs}")
     if a.space and not Path(a.space).is_file():
@@ -455,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, default=2, help="trials at once in every search (default 2)")
     p.add_argument("--cpus-per-fold", type=float, help="default: this machine's CPUs / (folds x concurrent), at most 1")
     p.add_argument("--gpus-per-fold", type=float, default=0.0)
+    p.add_argument("--startup-trials", type=int, help="TPE's random start-up (default: see the module doc)")
     p.add_argument("--space", help="YAML whose train/space sections replace the built-in ones")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench, git-ignored)")
     a = p.parse_args(argv)
@@ -506,13 +535,11 @@ def report(a: argparse.Namespace, result: dict[str, Any], title: str, start: flo
           f"PRUNED told {pr['best_mean']:.4f} vs COMPLETE told {co['best_mean']:.4f} vs random+FIFO "
           f"{summary['random_fifo']['best_mean']:.4f} (mean of {a.seeds} seed(s))")  # fmt: skip
     for method in ("tpe_asha", "tpe_asha_ray"):
-        startup = tpe_startup_trials(next(iter(runs.values()))[method]["num_samples"])
-        result[f"tpe_startup_trials_{method}"] = startup
-        short = [seed for seed, by in runs.items() if by[method]["trials"] <= startup]
+        short = [seed for seed, by in runs.items() if by[method]["trials"] <= by[method]["startup_trials"]]
         if short:
             seeds = ", ".join(map(str, short))
             print(
-                f"note: {METHODS[method][0]} ran <= {startup} trials (TPE's random start-up) in seed(s) {seeds}: "
+                f"note: {METHODS[method][0]} ran no more trials than TPE's random start-up in seed(s) {seeds}: "
                 "its configs were random+FIFO's, only ASHA told them apart"
             )
     png, js = out / "search_efficiency.png", out / "search_efficiency.json"

@@ -181,6 +181,7 @@ class SearchSpec:
     seed: int = 0
     time_budget_s: float | None = None
     checkpoint_every: int = 1
+    startup_trials: int | None = None  # TPE's random start-up; None = a third of num_samples, 3 to 10
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
 
@@ -439,6 +440,10 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             s.time_budget_s is None or s.time_budget_s > 0,
             f"search.time_budget_s must be > 0 or null, got {s.time_budget_s!r}",
+        ),
+        (
+            s.startup_trials is None or (isinstance(s.startup_trials, int) and s.startup_trials >= 0),
+            f"search.startup_trials must be an int >= 0 or null, got {s.startup_trials!r}",
         ),
         (
             isinstance(s.checkpoint_every, int) and s.checkpoint_every >= 1,

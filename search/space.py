@@ -98,19 +98,27 @@ def _domain(p: Param) -> str:
 
 
 def startup_trials(num_samples: int) -> int:
-    """Random trials before TPE models the results: a third of the budget, 3 to 10 (Optuna's default is 10).
+    """Random trials before TPE models the results: a third of the trials, 3 to 10 (Optuna's default is 10).
 
     With Optuna's fixed 10, a 6- or 8-trial search (quickstart, a CPU search on real cells) never leaves random
     sampling; a third keeps enough random coverage for TPE's two densities and leaves it trials to act on.
+    `search.startup_trials` overrides it, for a search whose trials end by a budget rather than by num_samples.
     """
     return max(3, min(10, num_samples // 3))
+
+
+def tpe_startup_trials(cfg: ExperimentConfig) -> int:
+    """search.startup_trials if set, else the default for search.num_samples."""
+    if cfg.search.startup_trials is not None:
+        return cfg.search.startup_trials
+    return startup_trials(cfg.search.num_samples)
 
 
 def sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
     """search.searcher: tpe or random, both seeded by search.seed (same ask/tell path, only the sampler differs)."""
     if cfg.search.searcher == "random":
         return optuna.samplers.RandomSampler(seed=cfg.search.seed)
-    return optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup_trials(cfg.search.num_samples))
+    return optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg))
 
 
 def describe(cfg: ExperimentConfig) -> list[str]:

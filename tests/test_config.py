@@ -65,6 +65,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         ({"name": "x", "space": {"lr": {"loguniform": [1e-4, 1e-2], "choice": [1]}}}, "exactly one of"),
         ({"name": "x", "search": {"grace_period": 9, "max_epochs": 3}}, "grace_period"),
         ({"name": "x", "search": {"scheduler": "pbt"}}, "search.scheduler"),
+        ({"name": "x", "search": {"startup_trials": -1}}, "search.startup_trials must be an int >= 0"),
         ({"name": "x", "cv": {"folds": 1}}, "cv.folds"),
         ({"name": "x", "resources": {"cpus_per_fold": 0}}, "cpus_per_fold"),
         ({"name": "x", "train": {"lr": 0.1}, "space": {"lr": 0.2}}, "both train and space"),

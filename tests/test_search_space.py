@@ -69,6 +69,11 @@ def test_tpe_starts_modelling_within_small_budgets(num_samples: int, startup: in
     assert sampler._n_startup_trials == startup  # Optuna's fixed 10 would leave an 8-trial search all random
 
 
+def test_startup_trials_override_the_default() -> None:
+    cfg = config(search={"searcher": "tpe", "num_samples": 60, "startup_trials": 4})
+    assert make_searcher(cfg).study.sampler._n_startup_trials == 4
+
+
 def test_searcher_kinds_are_seeded() -> None:
     def draws(searcher: str, seed: int) -> list[dict[str, Any]]:
         s = make_searcher(config(search={"searcher": searcher, "seed": seed}))
