@@ -55,6 +55,8 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     aug_strength: float = 0.5
+    zoom_aug: float = 0.0  # RandomZoom's max |log2 magnification| (1 = 0.5x-2x), see cellnet.shifts; 0 = off
+    stain_aug: float = 0.0  # HEStain Macenko + Planckian illumination strength in [0, 1]; 0 = off
     # single runs (`cellnet train`); inside a search ASHA decides when to stop
     early_stopping_patience: int = 5
     val_fraction: float = 0.2
@@ -98,6 +100,8 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(c.mixup >= 0.0, f"mixup (alpha) must be >= 0, got {c.mixup}")
     need(c.cutmix >= 0.0, f"cutmix (alpha) must be >= 0, got {c.cutmix}")
     need(0.0 <= c.aug_strength <= 1.0, f"aug_strength must be in [0, 1], got {c.aug_strength}")
+    need(0.0 <= c.zoom_aug <= 2.0, f"zoom_aug (max |log2 scale|) must be in [0, 2], got {c.zoom_aug}")
+    need(0.0 <= c.stain_aug <= 1.0, f"stain_aug must be in [0, 1], got {c.stain_aug}")
     need(c.early_stopping_patience >= 0, f"early_stopping_patience must be >= 0, got {c.early_stopping_patience}")
     need(0.0 < c.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {c.val_fraction}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
@@ -180,7 +184,7 @@ class SearchSpec:
     scheduler: str = "asha"
     seed: int = 0
     time_budget_s: float | None = None
-    checkpoint_every: int = 1
+    checkpoint_every: int | None = None  # also every N epochs; None = only at ASHA rungs and the last epoch
     startup_trials: int | None = None  # TPE's random start-up; None = a third of num_samples, 3 to 10
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
@@ -194,9 +198,16 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class RetrainSpec:
-    epochs: int | str = "best"  # "best" = the winner's best epoch count in cross-validation
+    """What the search deploys from its winner (see search/winner.py): `refit` = retrain on all data (best/),
+    `folds` = the winner's k fold models as one ensemble (best/), `both` = the refit in best/ and the ensemble in
+    best_folds/. `epochs` (refit only): "best" = the searched schedule (over search.max_epochs) stopped at the
+    winner's best epoch; an int N = a fresh N-epoch schedule."""
+
+    mode: str = "refit"
+    epochs: int | str = "best"
 
 
+RETRAIN_MODES = ("refit", "folds", "both")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "fifo")
 METRICS = ("cv_accuracy", "cv_macro_f1", "cv_balanced_accuracy", "cv_val_loss")
@@ -446,8 +457,8 @@ def _check_sections(cfg: ExperimentConfig) -> None:
             f"search.startup_trials must be an int >= 0 or null, got {s.startup_trials!r}",
         ),
         (
-            isinstance(s.checkpoint_every, int) and s.checkpoint_every >= 1,
-            f"search.checkpoint_every must be >= 1, got {s.checkpoint_every!r}",
+            s.checkpoint_every is None or (isinstance(s.checkpoint_every, int) and s.checkpoint_every >= 1),
+            f"search.checkpoint_every must be an int >= 1 or null, got {s.checkpoint_every!r}",
         ),
         (r.cpus_per_fold > 0, f"resources.cpus_per_fold must be > 0, got {r.cpus_per_fold!r}"),
         (r.gpus_per_fold >= 0, f"resources.gpus_per_fold must be >= 0, got {r.gpus_per_fold!r}"),
@@ -458,6 +469,10 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             cfg.retrain.epochs == "best" or (isinstance(cfg.retrain.epochs, int) and cfg.retrain.epochs >= 1),
             f"retrain.epochs must be 'best' or an int >= 1, got {cfg.retrain.epochs!r}",
+        ),
+        (
+            cfg.retrain.mode in RETRAIN_MODES,
+            f"retrain.mode must be one of {list(RETRAIN_MODES)}, got {cfg.retrain.mode!r}",
         ),
     ]
     for ok, msg in checks:

@@ -3,15 +3,18 @@
 Outputs in REPORT_DIR (each file written atomically): metrics.json (everything below, machine-readable),
 classification_report.csv (per-class precision/recall/F1/support + macro/weighted averages), confusion_matrix.csv and
 .png (counts, colours row-normalised), reliability.png (calibration: accuracy vs confidence per bin, with ECE) and
-predictions.csv. `shifted=True` repeats it on a heavily augmented copy of the data under REPORT_DIR/shifted/.
+predictions.csv. `shifted=True` also runs the shift suite (`cellnet.shifts`: zoom, stain, colour, defocus, JPEG,
+gamma; deterministic for a seed)::
+
+    data ─┬─> predict ─> report ─> metrics["clean"] + the files above
+          └─> apply_shift(name, images, seed) for name in suite ─> predict ─> accuracy, macro F1, ECE per shift
+                 ─> metrics["shifted"] (per_shift, mean_accuracy, worst_accuracy, worst_shift), shifted_accuracy.png
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +24,13 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, conf
 
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
+from cellnet.files import atomic_path, write_text
 from cellnet.predict import predict_images, prediction_table
+from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift, resolve_names
 
 ECE_BINS = 15
 SHIFT_SEED = 0
-SHIFT_DESCRIPTION = (
-    "albumentations, every image: HueSaturationValue(hue 20, sat 40, val 30), RandomBrightnessContrast(0.3, 0.3), "
-    "Affine(rotate ±180°, scale 0.75-1.25, reflect); p=0.5 each: RandomGamma(70-140), GaussianBlur(3-7 px, "
-    "sigma 0.5-2), GaussNoise(std 0.02-0.08)"
-)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path next to `path`, renamed onto it only if the block finishes: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+SHIFT_KEYS = ("accuracy", "macro_f1", "ece")  # what metrics.json keeps per shift
 
 
 def labels_for(data: CellData, classes: tuple[str, ...] | list[str], where: str = "data") -> np.ndarray:
@@ -207,32 +191,60 @@ def plot_reliability(calibration: dict[str, Any], path: Path, title: str) -> Non
 # Distribution shift
 
 
-def shift_transform(seed: int = SHIFT_SEED) -> Any:
-    """A deliberately strong, seeded shift: another lab's stain and scanner (colour, contrast, blur, noise) and
-    arbitrary orientation and magnification. Stronger than training augmentation at aug_strength=1."""
-    import albumentations as A
-    import cv2
+def shifted_metrics(
+    checkpoint: Any,
+    images: np.ndarray,
+    y_true: np.ndarray,
+    classes: list[str],
+    *,
+    suite: Sequence[str] = DEFAULT_SUITE,
+    seed: int = SHIFT_SEED,
+    tta: bool = False,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """metrics.json's "shifted": accuracy, macro F1 and ECE on each shifted copy, their mean and the worst shift.
 
-    return A.Compose(
-        [
-            A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=40, val_shift_limit=30, p=1.0),
-            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=1.0),
-            A.RandomGamma(gamma_limit=(70, 140), p=0.5),
-            A.Affine(rotate=(-180, 180), scale=(0.75, 1.25), border_mode=cv2.BORDER_REFLECT_101, p=1.0),
-            A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.5, 2.0), p=0.5),
-            A.GaussNoise(std_range=(0.02, 0.08), p=0.5),
-        ],
-        seed=seed,
-    )
+    One shifted copy is alive at a time (memory stays at one extra copy of the data).
+    """
+    names = resolve_names(suite)
+    per_shift: dict[str, dict[str, Any]] = {}
+    for name in names:
+        probs = predict_images(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
+        rep = report(y_true, probs, classes)
+        per_shift[name] = {k: rep[k] for k in SHIFT_KEYS} | {"description": SHIFTS[name].description}
+    accuracy = {name: per_shift[name]["accuracy"] for name in names}
+    worst = min(names, key=lambda n: accuracy[n])
+    return {
+        "suite": list(names),
+        "seed": seed,
+        "per_shift": per_shift,
+        "mean_accuracy": float(np.mean(list(accuracy.values()))),
+        "worst_accuracy": accuracy[worst],
+        "worst_shift": worst,
+    }
 
 
-def shifted_copy(data: CellData, seed: int = SHIFT_SEED) -> CellData:
-    """`data` with every image passed through `shift_transform(seed)` (same seed -> same pixels)."""
-    from dataclasses import replace
+def plot_shifted(shifted: dict[str, Any], clean_accuracy: float, path: Path, title: str) -> None:
+    """Accuracy per shift (worst in red) against the clean accuracy and the suite mean."""
+    from matplotlib.figure import Figure
 
-    transform = shift_transform(seed)
-    images = np.stack([transform(image=img)["image"] for img in data.images]) if len(data) else data.images
-    return replace(data, images=np.ascontiguousarray(images, dtype=np.uint8))
+    names = shifted["suite"]
+    acc = [shifted["per_shift"][n]["accuracy"] for n in names]
+    fig = Figure(figsize=(7, 1.2 + 0.35 * len(names)))
+    ax = fig.add_subplot()
+    colours = ["tab:red" if n == shifted["worst_shift"] else "tab:blue" for n in names]
+    ax.barh(range(len(names)), acc, color=colours, edgecolor="black")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.axvline(clean_accuracy, color="black", label=f"clean {clean_accuracy:.3f}")
+    ax.axvline(shifted["mean_accuracy"], color="gray", linestyle="--", label=f"mean {shifted['mean_accuracy']:.3f}")
+    for i, a in enumerate(acc):
+        ax.text(min(a, 1.0) + 0.01, i, f"{a:.3f}", va="center")
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,43 +286,52 @@ def evaluate(
     seed: int = SHIFT_SEED,
     where: str = "data",
     extra: dict[str, Any] | None = None,
+    shifts: Sequence[str] = DEFAULT_SUITE,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on `data`, write the report files into `out_dir`, return the metrics.json content.
 
     `data` must be at the checkpoint's image_size or is resized by `predict_images`; classes are matched by name.
+    `shifted=True` adds metrics["shifted"] for the shift names in `shifts` (seeded by `seed`).
     """
     out_dir = Path(out_dir)
     classes = list(checkpoint.classes)
     y_true = labels_for(data, checkpoint.classes, where)
-    runs = {"clean": data}
-    if shifted:
-        runs["shifted"] = shifted_copy(data, seed)
-    metrics: dict[str, Any] = {
-        **(extra or {}),
-        "classes": classes,
-        "tta": tta,
-        "shift": {"seed": seed, "transform": SHIFT_DESCRIPTION} if shifted else None,
-    }
-    texts: dict[str, str] = {}
-    for name, d in runs.items():
-        probs = predict_images(checkpoint, d.images, batch_size=batch_size, tta=tta)
-        rep = report(y_true, probs, classes)
-        write_report(rep, d.ids, y_true, probs, classes, out_dir if name == "clean" else out_dir / name, name)
-        metrics[name] = _json_ready(rep, classes)
-        texts[name] = rep["text"]
-    metrics["text"] = texts
+    suite = resolve_names(shifts) if shifted else ()
+    metrics: dict[str, Any] = {**(extra or {}), "classes": classes, "tta": tta}
+    probs = predict_images(checkpoint, data.images, batch_size=batch_size, tta=tta)
+    rep = report(y_true, probs, classes)
+    write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean")
+    metrics["clean"] = _json_ready(rep, classes)
+    if suite:
+        metrics["shifted"] = shifted_metrics(
+            checkpoint, data.images, y_true, classes, suite=suite, seed=seed, tta=tta, batch_size=batch_size
+        )
+        plot_shifted(metrics["shifted"], rep["accuracy"], out_dir / "shifted_accuracy.png", "accuracy under shift")
+    metrics["text"] = {"clean": rep["text"]}
     write_text(out_dir / "metrics.json", json.dumps({k: v for k, v in metrics.items() if k != "text"}, indent=2) + "\n")
     return metrics
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """A side-by-side text table of the headline metrics (clean, and shifted when present)."""
-    columns = [c for c in ("clean", "shifted") if metrics.get(c)]
-    lines = [f"{'metric':<20}" + "".join(f"{c:>12}" for c in columns)]
+    """The headline clean metrics; with a shift suite, then accuracy/macro F1/ECE per shift, the mean and worst."""
+    lines = [f"{'metric':<20}{'clean':>12}"]
     for key in SUMMARY_KEYS:
-        cells = []
-        for c in columns:
-            v = metrics[c][key]
-            cells.append(f"{v:>12d}" if isinstance(v, int) else f"{v:>12.4f}")
-        lines.append(f"{key:<20}" + "".join(cells))
+        v = metrics["clean"][key]
+        lines.append(f"{key:<20}" + (f"{v:>12d}" if isinstance(v, int) else f"{v:>12.4f}"))
+    shifted = metrics.get("shifted")
+    if not shifted:
+        return "\n".join(lines)
+    clean = metrics["clean"]["accuracy"]
+    head = f"shifted (seed {shifted['seed']})"
+    lines += ["", f"{head:<24}{'accuracy':>10}{'vs clean':>10}{'macro_f1':>10}{'ece':>10}"]
+    for name in shifted["suite"]:
+        m = shifted["per_shift"][name]
+        lines.append(
+            f"{name:<24}{m['accuracy']:>10.4f}{m['accuracy'] - clean:>+10.4f}{m['macro_f1']:>10.4f}{m['ece']:>10.4f}"
+        )
+    for label, acc in (
+        ("mean", shifted["mean_accuracy"]),
+        (f"worst: {shifted['worst_shift']}", shifted["worst_accuracy"]),
+    ):
+        lines.append(f"{label:<24}{acc:>10.4f}{acc - clean:>+10.4f}")
     return "\n".join(lines)

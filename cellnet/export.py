@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from cellnet import __version__
 from cellnet.errors import CellnetError
+from cellnet.files import atomic_path
 from cellnet.predict import preprocess
 
 INPUT_NAME = "images"
@@ -100,8 +100,7 @@ def export_onnx(
     deployable = _Deployable(checkpoint).eval().cpu()
     s = int(checkpoint.image_size)
     example = torch.rand(2, s, s, 3) * 255
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:  # renamed onto `out` only when the parity check passes
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -128,7 +127,4 @@ def export_onnx(
                 f"ONNX parity check failed: max |p_onnx - p_torch| = {diff:.3g} > tolerance {tolerance:g}; "
                 f"{out} not written"
             )
-        os.replace(tmp, out)
-        return out, diff
-    finally:
-        tmp.unlink(missing_ok=True)
+    return out, diff

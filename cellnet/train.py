@@ -364,7 +364,13 @@ class Trainer:
         loader_kw: dict[str, Any] = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": self.cuda}
         self.train_loader = make_loader(
             train,
-            train_transform(config.aug_strength, self.image_size, config.input_size),
+            train_transform(
+                config.aug_strength,
+                self.image_size,
+                config.input_size,
+                zoom_aug=config.zoom_aug,
+                stain_aug=config.stain_aug,
+            ),
             batch_size=config.batch_size,
             train=True,
             **loader_kw,

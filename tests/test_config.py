@@ -58,6 +58,11 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         ({"name": "x", "space": {"lr": {"loguniform": [0.0, 1.0]}}}, "loguniform needs low > 0"),
         ({"name": "x", "space": {"lr": {"uniform": [0.1, 0.01]}}}, "low < high"),
         ({"name": "x", "space": {"dropout": {"uniform": [0.0, 1.5]}}}, "dropout must be in [0, 1)"),
+        (
+            {"name": "x", "space": {"zoom_aug": {"uniform": [0.0, 3.0]}}},
+            "zoom_aug (max |log2 scale|) must be in [0, 2]",
+        ),
+        ({"name": "x", "train": {"stain_aug": 1.5}}, "stain_aug must be in [0, 1], got 1.5"),
         ({"name": "x", "space": {"optimizer": {"choice": ["adamw", "adamx"]}}}, "optimizer must be one of"),
         ({"name": "x", "space": {"backbone": "resnet_does_not_exist"}}, "is not a timm model name"),
         ({"name": "x", "space": {"head_layers": {"uniform": [0, 2]}}}, "use int"),
@@ -99,3 +104,8 @@ def test_overrides_apply_on_top(tmp_path: Path) -> None:
 def test_trainconfig_validates_directly() -> None:
     with pytest.raises(ValueError, match="aug_strength"):
         TrainConfig(aug_strength=2.0)
+    with pytest.raises(ValueError, match=r"zoom_aug \(max \|log2 scale\|\) must be in \[0, 2\], got -1"):
+        TrainConfig(zoom_aug=-1)
+    with pytest.raises(ValueError, match=r"stain_aug must be in \[0, 1\], got 2"):
+        TrainConfig(stain_aug=2)
+    assert TrainConfig().zoom_aug == 0.0 and TrainConfig().stain_aug == 0.0  # off by default

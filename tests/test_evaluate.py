@@ -1,4 +1,4 @@
-"""`cellnet evaluate` with a real tiny model: every report file, consistent numbers, the shifted copy, class names."""
+"""`cellnet evaluate` with a real tiny model: every report file, consistent numbers, the shift suite, class names."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from cellnet.cli import main
 from cellnet.data.clean import save_npz
 from cellnet.data.synthetic import generate
-from cellnet.evaluate import expected_calibration_error, shifted_copy
+from cellnet.evaluate import evaluate, expected_calibration_error, summary_table
+from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift
 from tests.test_cli import TINY_SIZE, train_tiny
 
 
@@ -32,22 +33,31 @@ def test_evaluate_writes_every_report_file(trained, test_npz: Path, tmp_path: Pa
     out = tmp_path / "report"
     assert main(["evaluate", str(test_npz), "--checkpoint", str(ckpt_dir), "--out", str(out), "--shifted"]) == 0
     printed = capsys.readouterr().out
-    assert "precision" in printed and "shifted" in printed and "ece" in printed
+    assert "precision" in printed and "shifted (seed 0)" in printed and "ece" in printed
+    assert "worst: " in printed and all(name in printed for name in DEFAULT_SUITE)
 
-    for folder in (out, out / "shifted"):
-        for name in ("classification_report.csv", "confusion_matrix.csv", "predictions.csv"):
-            assert (folder / name).is_file(), folder / name
-        for name in ("confusion_matrix.png", "reliability.png"):
-            assert (folder / name).read_bytes()[:4] == b"\x89PNG"
-    assert not list(out.glob(".*.tmp"))
+    for name in ("classification_report.csv", "confusion_matrix.csv", "predictions.csv"):
+        assert (out / name).is_file(), out / name
+    for name in ("confusion_matrix.png", "reliability.png", "shifted_accuracy.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "shifted").exists() and not list(out.glob(".*.tmp"))
 
     metrics = json.loads((out / "metrics.json").read_text())
     clean, shifted = metrics["clean"], metrics["shifted"]
     cm = np.array(clean["confusion_matrix"])
     assert cm.sum() == clean["n"] == 120
     assert clean["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert 0.0 <= clean["ece"] <= 1.0 and 0.0 <= shifted["ece"] <= 1.0
-    assert shifted["n"] == 120 and shifted["confusion_matrix"] != clean["confusion_matrix"]
+    assert 0.0 <= clean["ece"] <= 1.0
+    assert shifted["suite"] == list(DEFAULT_SUITE) and shifted["seed"] == 0
+    per_shift = shifted["per_shift"]
+    assert list(per_shift) == list(DEFAULT_SUITE)
+    for name, m in per_shift.items():
+        assert set(m) == {"accuracy", "macro_f1", "ece", "description"} and m["description"] == SHIFTS[name].description
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["ece"] <= 1.0
+    accuracy = {name: m["accuracy"] for name, m in per_shift.items()}
+    assert shifted["mean_accuracy"] == pytest.approx(np.mean(list(accuracy.values())))
+    assert shifted["worst_accuracy"] == min(accuracy.values()) == accuracy[shifted["worst_shift"]]
+    assert len(set(accuracy.values()) | {clean["accuracy"]}) > 1  # the shifts change predictions
 
     per_class = pd.read_csv(out / "classification_report.csv")
     assert per_class["class"].tolist()[-2:] == ["macro avg", "weighted avg"]
@@ -80,13 +90,28 @@ def test_classes_are_matched_by_name(trained, tmp_path: Path, capsys) -> None:
     assert "Traceback" not in err and "'cat'" in err and err.startswith("error: ")
 
 
-def test_ece_and_shift_are_well_defined() -> None:
+def test_ece_is_well_defined() -> None:
     confidence = np.array([0.9] * 10 + [0.6] * 10)
     correct = np.array([1] * 9 + [0] + [1] * 6 + [0] * 4, dtype=bool)  # 90% and 60% accurate: calibrated
     assert expected_calibration_error(confidence, correct)["ece"] == pytest.approx(0.0, abs=1e-12)
     assert expected_calibration_error(np.full(4, 1.0), np.zeros(4, bool))["ece"] == pytest.approx(1.0)
 
-    data = generate(n=30, image_size=TINY_SIZE, seed=13)
-    one, two = shifted_copy(data, seed=0), shifted_copy(data, seed=0)
-    assert np.array_equal(one.images, two.images) and one.images.dtype == np.uint8
-    assert not np.array_equal(one.images, data.images) and not np.array_equal(one.images, shifted_copy(data, 1).images)
+
+def test_shifted_metrics_are_the_accuracy_on_each_shifted_copy(trained, tmp_path: Path) -> None:
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.predict import predict_images
+
+    ckpt = load_checkpoint(trained[0])
+    data = generate(n=40, image_size=TINY_SIZE, seed=13)
+    suite = ("zoom_out_0.55", "jpeg_q20")
+    metrics = evaluate(ckpt, data, tmp_path / "r", shifted=True, seed=3, shifts=suite)
+    assert metrics["shifted"]["suite"] == list(suite) and metrics["shifted"]["seed"] == 3
+    labels = np.array([list(ckpt.classes).index(data.classes[y]) for y in data.labels])
+    for name in suite:
+        probs = predict_images(ckpt, apply_shift(name, data.images, seed=3))
+        expected = float((probs.argmax(axis=1) == labels).mean())
+        assert metrics["shifted"]["per_shift"][name]["accuracy"] == pytest.approx(expected)
+    again = evaluate(ckpt, data, tmp_path / "r2", shifted=True, seed=3, shifts=suite)
+    assert again["shifted"] == metrics["shifted"]  # deterministic
+    assert "shifted" not in evaluate(ckpt, data, tmp_path / "r3")
+    assert "zoom_out_0.55" in summary_table(metrics) and "shifted" not in summary_table(again | {"shifted": None})

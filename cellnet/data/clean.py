@@ -29,6 +29,7 @@ from cellnet.constants import DEFAULT_IMAGE_SIZE
 from cellnet.data.clean_report import REASONS, CleanReport
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
+from cellnet.files import atomic_path
 
 __all__ = ["CleanReport", "REASONS", "clean", "find_duplicates_between", "run_clean", "signatures"]
 
@@ -488,13 +489,8 @@ def save_npz(data: CellData, path: str | os.PathLike[str]) -> Path:
     }
     if data.groups is not None:
         arrays["groups"] = data.groups
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

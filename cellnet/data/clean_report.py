@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cellnet.data.dataset import CellData
+from cellnet.files import atomic_path
 
 REASONS: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "label_conflict", "outlier")
 EXAMPLES_PER_REASON = 6
@@ -187,9 +188,5 @@ class CleanReport:
 
 def _atomic(path: Path, write: Any) -> None:
     """write(tmp) next to path, then rename over it: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

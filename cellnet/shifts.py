@@ -1,0 +1,348 @@
+"""The shift suite: named, deterministic distribution shifts for measuring how robust a classifier is.
+
+Why: a model trained on centre-cropped cells (the cell fills much of the frame) can collapse on full-frame images
+where the cell is ~1.8x smaller, or on another lab's stain, focus or compression. One fixed, parameterised menu of
+shifts makes "robust" a number that means the same thing everywhere it is measured::
+
+    cellnet evaluate --shifted ──┐
+    search fold validation ──────┼─> shift_suite(images, DEFAULT_SUITE, seed) ─> {name: shifted copy}
+    OOD benchmark ───────────────┘        │
+                                          └─ apply_shift(name, images, seed): each image x draws from
+                                             default_rng([seed, crc32(name), crc32(x)]) (same alone or in a batch)
+
+Every shift maps uint8 N×H×W×3 RGB to a new array of the same shape and dtype. Geometric shifts (`zoom`) pad with
+the smear background estimated from the image border, never black or a reflection. Training-time zoom (`cellnet.
+augment.RandomZoom`) uses the same `zoom`. Example::
+
+    shifted = shift_suite(val_images)        # {"zoom_out_0.55": ..., "stain_macenko": ..., ...}
+    acc = {name: accuracy(model, x) for name, x in shifted.items()}
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from cellnet.errors import ConfigError
+
+ImageFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def border_background(image: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The smear background colour (uint8 per channel), from the outer ring of `width` px (default min(H, W) // 16).
+
+    Per-channel median of the brighter half (by channel sum) of the ring's pixels: the background is the light mode,
+    and a plain median turns pink-grey when red cells cover much of the border (dense synthetic smears: ~30 levels
+    too dark). Up to half the ring may be cells.
+    """
+    h, w = image.shape[:2]
+    k = max(1, min(h, w) // 16) if width is None else int(width)
+    if not 1 <= k <= min(h, w) // 2:
+        raise ValueError(f"border width must be in [1, {min(h, w) // 2}] for a {h}×{w} image, got {width}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    ring = np.concatenate(
+        [
+            image[:k].reshape(-1, channels),
+            image[-k:].reshape(-1, channels),
+            image[k:-k, :k].reshape(-1, channels),
+            image[k:-k, -k:].reshape(-1, channels),
+        ]
+    )
+    brightness = ring.sum(axis=1, dtype=np.int64)
+    light = ring[brightness >= np.median(brightness)]
+    return np.median(light, axis=0).round().astype(np.uint8)
+
+
+def zoom(image: np.ndarray, factor: float, background: np.ndarray | None = None) -> np.ndarray:
+    """`image` magnified by `factor` about its centre, same size: lengths scale by factor, areas by factor**2.
+
+    factor < 1 shrinks the content (INTER_AREA) and pads with `background` (default: `border_background(image)`);
+    factor > 1 crops the centre and enlarges it (INTER_LINEAR), so no padding is needed.
+    """
+    f = float(factor)
+    if not (np.isfinite(f) and f > 0):
+        raise ValueError(f"zoom factor must be a finite number > 0, got {factor}")
+    h, w = image.shape[:2]
+    if f == 1.0:
+        return image.copy()
+    if f > 1.0:
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        m = np.array([[f, 0.0, (1 - f) * cx], [0.0, f, (1 - f) * cy]])
+        out = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(image.shape)
+    if round(min(h, w) * f) < 1:
+        raise ValueError(f"zoom factor {factor} shrinks a {h}×{w} image to nothing")
+    bg = border_background(image) if background is None else np.asarray(background, dtype=image.dtype)
+    # fx/fy (not a rounded dsize) keep the scale exactly `f`; the paste is on whole pixels (<= 0.5 px off-centre)
+    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    small = small.reshape(*small.shape[:2], *image.shape[2:])  # cv2 drops a trailing channel axis of 1
+    sh, sw = small.shape[:2]
+    out = np.empty_like(image)
+    out[...] = bg
+    top, left = (h - sh) // 2, (w - sw) // 2
+    out[top : top + sh, left : left + sw] = small
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-image operations, one per `Shift.kind`: a maker takes the entry's params and returns image, rng -> image
+
+
+def _zoom_op(factor: float) -> ImageFn:
+    return lambda image, rng: zoom(image, factor)
+
+
+def _gamma_op(gamma: float) -> ImageFn:
+    lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
+    return lambda image, rng: cv2.LUT(image, lut)
+
+
+def _jpeg_op(quality: int) -> ImageFn:
+    def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:
+            raise RuntimeError(f"JPEG round trip failed for a {image.shape} image at quality {quality}")
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+    return op
+
+
+def disk_kernel(radius: float) -> np.ndarray:
+    """A normalised, anti-aliased disk (pixel weight = its overlap with the circle, approximated linearly)."""
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    kernel = np.clip(radius + 0.5 - np.hypot(xx, yy), 0.0, 1.0).astype(np.float32)
+    return kernel / kernel.sum()
+
+
+def defocus_radius(size: int, fraction: float = 1 / 32, minimum: float = 1.5) -> float:
+    """The defocus blur radius at image side `size`: size * fraction, at least `minimum` px (2 px at 64, 3 at 96)."""
+    return max(minimum, size * fraction)
+
+
+def _defocus_op(fraction: float, minimum: float) -> ImageFn:
+    def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        kernel = disk_kernel(defocus_radius(min(image.shape[:2]), fraction, minimum))
+        return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+    return op
+
+
+def _albumentations_op(transform: Any) -> ImageFn:
+    """Run an albumentations transform with its generators seeded from `rng` (as `cellnet.train.ImageDataset`)."""
+
+    def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
+        return np.asarray(transform(image=image)["image"], dtype=np.uint8)
+
+    return op
+
+
+class MacenkoStain(A.HEStain):
+    """A.HEStain(method="macenko") that leaves an image with no stained pixel (a blank field) unchanged.
+
+    Plain HEStain raises ValueError there ("No tissue pixels found"), which would end a training run or a suite.
+    """
+
+    def __init__(
+        self,
+        intensity_scale_range: tuple[float, float] = (0.7, 1.3),
+        intensity_shift_range: tuple[float, float] = (-0.2, 0.2),
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(
+            method="macenko",
+            intensity_scale_range=intensity_scale_range,
+            intensity_shift_range=intensity_shift_range,
+            p=p,
+        )
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return super().get_params_dependent_on_data(params, data)
+        except ValueError:
+            return {"stain_matrix": None, "scale_factors": None, "shift_values": None}
+
+    def apply(self, img: np.ndarray, stain_matrix: Any = None, **params: Any) -> np.ndarray:
+        return img if stain_matrix is None else super().apply(img, stain_matrix=stain_matrix, **params)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("intensity_scale_range", "intensity_shift_range")
+
+
+def _hestain_op(scale: tuple[float, float], shift: tuple[float, float]) -> ImageFn:
+    return _albumentations_op(MacenkoStain(scale, shift, p=1.0))
+
+
+def _planckian_op(temperature: tuple[int, int]) -> ImageFn:
+    return _albumentations_op(A.PlanckianJitter(mode="blackbody", temperature_limit=temperature, p=1.0))
+
+
+def _color_jitter_op(brightness: float, contrast: float, saturation: float, hue: float) -> ImageFn:
+    return _albumentations_op(
+        A.ColorJitter(
+            brightness=(1 - brightness, 1 + brightness),
+            contrast=(1 - contrast, 1 + contrast),
+            saturation=(1 - saturation, 1 + saturation),
+            hue=(-hue, hue),
+            p=1.0,
+        )
+    )
+
+
+KINDS: dict[str, Callable[..., ImageFn]] = {
+    "zoom": _zoom_op,
+    "gamma": _gamma_op,
+    "jpeg": _jpeg_op,
+    "defocus": _defocus_op,
+    "hestain": _hestain_op,
+    "planckian": _planckian_op,
+    "color_jitter": _color_jitter_op,
+}
+RANDOM_KINDS = frozenset({"hestain", "planckian", "color_jitter"})  # the others ignore the seed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One entry of the suite: `kind` (a key of KINDS) with its keyword `params`, and what it simulates."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    description: str
+
+    @property
+    def uses_seed(self) -> bool:
+        """Whether the seed matters (per-image random parameters) or the shift is a fixed function of the pixels."""
+        return self.kind in RANDOM_KINDS
+
+
+_ENTRIES = (
+    Shift(
+        "zoom_out_0.55",
+        "zoom",
+        {"factor": 0.55},
+        "magnification x0.55 about the centre (cell area x0.30), padded with the border background: a full-frame "
+        "image where the cell is ~1.8x smaller than in a centre crop",
+    ),
+    Shift(
+        "zoom_out_0.75",
+        "zoom",
+        {"factor": 0.75},
+        "magnification x0.75 about the centre (cell area x0.56), padded with the border background",
+    ),
+    Shift(
+        "zoom_in_1.35",
+        "zoom",
+        {"factor": 1.35},
+        "magnification x1.35 about the centre (cell area x1.82): a tighter crop, the cell may touch the border",
+    ),
+    Shift(
+        "stain_macenko",
+        "hestain",
+        {"scale": (0.55, 0.8), "shift": (0.05, 0.15)},
+        "albumentations HEStain(method='macenko'): two stain vectors estimated per image, the stain concentrations "
+        "of non-background pixels x U(0.55, 0.8) + U(0.05, 0.15) per stain: another lab's staining; the 2-stain "
+        "reconstruction also drops colour outside the fitted plane (pink turns green-grey on synthetic smears)",
+    ),
+    Shift(
+        "color_planckian",
+        "planckian",
+        {"temperature": (3000, 15000)},
+        "albumentations PlanckianJitter(blackbody, 3000-15000 K, 40% warm / 60% cool of 6000 K): another "
+        "microscope's illumination colour temperature",
+    ),
+    Shift(
+        "color_jitter",
+        "color_jitter",
+        {"brightness": 0.25, "contrast": 0.25, "saturation": 0.4, "hue": 0.04},
+        "albumentations ColorJitter(brightness x0.75-1.25, contrast x0.75-1.25, saturation x0.6-1.4, hue ±0.04 of "
+        "the circle = ±14°): another camera's colour processing",
+    ),
+    Shift(
+        "defocus",
+        "defocus",
+        {"fraction": 1 / 32, "minimum": 1.5},
+        "disk-kernel blur (cv2.filter2D, reflect border) of radius max(1.5, S/32) px at image side S (1.5 px at 32, "
+        "2 px at 64, 3 px at 96): the focal plane off the cell",
+    ),
+    Shift(
+        "jpeg_q20",
+        "jpeg",
+        {"quality": 20},
+        "JPEG re-encoding at quality 20 (cv2, 4:2:0 chroma): heavy compression by a scanner or an upload",
+    ),
+    Shift(
+        "gamma_0.6",
+        "gamma",
+        {"gamma": 0.6},
+        "out = 255 (in/255)^0.6: brighter, washed-out exposure",
+    ),
+    Shift(
+        "gamma_1.6",
+        "gamma",
+        {"gamma": 1.6},
+        "out = 255 (in/255)^1.6: darker, higher-contrast exposure",
+    ),
+)
+SHIFTS: dict[str, Shift] = {s.name: s for s in _ENTRIES}
+DEFAULT_SUITE: tuple[str, ...] = tuple(SHIFTS)
+
+
+def resolve_names(names: str | Iterable[str]) -> tuple[str, ...]:
+    """`names` checked against SHIFTS, duplicates dropped, order kept; an unknown name lists the valid ones."""
+    items = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in items if n not in SHIFTS]
+    if unknown:
+        raise ConfigError(f"unknown shift {unknown[0]!r}; valid shifts: {', '.join(SHIFTS)}")
+    if not items:
+        raise ConfigError(f"the shift suite needs at least one shift; valid shifts: {', '.join(SHIFTS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def shift_id(name: str) -> int:
+    """A stable number per shift name (crc32, unlike `hash`, is the same in every process)."""
+    return zlib.crc32(name.encode())
+
+
+def apply_shift(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A shifted copy of uint8 N×H×W×3 `images`, each image drawing from its own generator.
+
+    Image x draws from default_rng([seed, shift_id(name), crc32(x's bytes)]): a pure function of (name, pixels,
+    seed), so an image gets the same result alone, in any batch, at any position (exact duplicates get the same
+    draw, which is what a deterministic shift should do).
+    """
+    (name,) = resolve_names(name)
+    if not (isinstance(seed, int | np.integer) and seed >= 0):
+        raise ConfigError(f"shift seed must be an int >= 0, got {seed!r}")
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"apply_shift expects uint8 N×H×W×3 images, got {images.dtype} {images.shape}")
+    shift = SHIFTS[name]
+    op = KINDS[shift.kind](**shift.params)
+    key = shift_id(name)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = op(image, np.random.default_rng([seed, key, zlib.crc32(np.ascontiguousarray(image).data)]))
+    return out
+
+
+def shift_suite(images: np.ndarray, names: str | Iterable[str] = DEFAULT_SUITE, seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: apply_shift(name, images, seed)} for every shift in `names`, in order."""
+    return {name: apply_shift(name, images, seed) for name in resolve_names(names)}

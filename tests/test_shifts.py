@@ -1,0 +1,198 @@
+"""The shift suite and the training-time zoom/stain augmentation, on real pixels: areas, colours, determinism."""
+
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+import pytest
+
+from cellnet.augment import RandomZoom, train_transform
+from cellnet.data.synthetic import generate
+from cellnet.errors import ConfigError
+from cellnet.shifts import (
+    DEFAULT_SUITE,
+    SHIFTS,
+    apply_shift,
+    border_background,
+    defocus_radius,
+    resolve_names,
+    shift_suite,
+    zoom,
+)
+
+BACKGROUND = (236, 226, 232)  # a light smear background
+CELL = (95, 45, 130)  # a dark purple nucleus
+
+
+def disk_image(size: int = 96, radius: float = 14.0) -> np.ndarray:
+    """A dark disk centred on a light uniform background (anti-aliased, so the area is exact to well under 1%)."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    cover = np.clip(radius + 0.5 - np.hypot(xx, yy), 0.0, 1.0)[..., None]
+    return np.round(cover * np.array(CELL) + (1 - cover) * np.array(BACKGROUND)).astype(np.uint8)
+
+
+def dark_area(image: np.ndarray) -> float:
+    """Area of the dark disk in pixels: per-pixel darkness between background (0) and cell (1), summed."""
+    grey = image.astype(np.float64).mean(axis=2)
+    lo, hi = np.mean(CELL), np.mean(BACKGROUND)
+    return float(np.clip((hi - grey) / (hi - lo), 0.0, 1.0).sum())
+
+
+@pytest.fixture(scope="module")
+def cells() -> np.ndarray:
+    return generate(n=8, image_size=48, seed=5).images
+
+
+def test_every_shift_is_deterministic_and_keeps_shape(cells: np.ndarray) -> None:
+    assert set(DEFAULT_SUITE) == set(SHIFTS)
+    for name in ("zoom_out_0.55", "zoom_out_0.75", "zoom_in_1.35", "stain_macenko", "defocus", "jpeg_q20"):
+        assert name in SHIFTS, name
+    suite = shift_suite(cells, seed=0)
+    assert list(suite) == list(DEFAULT_SUITE)
+    for name, out in suite.items():
+        assert out.shape == cells.shape and out.dtype == np.uint8, name
+        assert not np.array_equal(out, cells), f"{name} changed nothing"
+        assert np.array_equal(out, apply_shift(name, cells, seed=0)), f"{name} is not deterministic"
+        # each image's result depends on its pixels and the seed only, not on the batch around it
+        assert np.array_equal(out[3:4], apply_shift(name, cells[3:4], seed=0)), name
+        assert np.array_equal(out[::-1], apply_shift(name, cells[::-1], seed=0)), name
+        other = apply_shift(name, cells, seed=1)
+        assert SHIFTS[name].uses_seed == (not np.array_equal(out, other)), name
+    assert not np.shares_memory(suite["gamma_0.6"], cells)
+
+
+def test_zoom_scales_area_by_factor_squared_and_pads_with_the_background() -> None:
+    image = disk_image()
+    area = dark_area(image)
+    assert area == pytest.approx(np.pi * 14**2, rel=0.01)
+    for name, factor in (("zoom_out_0.55", 0.55), ("zoom_out_0.75", 0.75), ("zoom_in_1.35", 1.35)):
+        out = apply_shift(name, image[None])[0]
+        assert dark_area(out) / area == pytest.approx(factor**2, rel=0.03), name
+    out = zoom(image, 0.55)
+    assert (out[:10] == BACKGROUND).all() and (out[:, -10:] == BACKGROUND).all()  # the padding: background, not black
+    assert dark_area(zoom(image, 0.5)) / area == pytest.approx(0.25, rel=0.03)
+    assert np.array_equal(zoom(image, 1.0), image)
+    with pytest.raises(ValueError, match="got -2"):
+        zoom(image, -2)
+
+
+def test_border_background_ignores_red_cells_on_the_border() -> None:
+    image = disk_image()
+    assert tuple(border_background(image)) == BACKGROUND
+    # red cells covering a third of the ring move a plain median; the estimate stays on the light background
+    for x in range(0, 96, 18):
+        cv2.circle(image, (x, 2), 6, (205, 120, 130), -1)
+        cv2.circle(image, (94, x), 6, (205, 120, 130), -1)
+    assert tuple(border_background(image)) == BACKGROUND
+    padded = zoom(image, 0.6)
+    assert (padded[0, 0] == BACKGROUND).all() and (padded[-1, -1] == BACKGROUND).all()
+
+
+def _edges(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)).ravel()
+
+
+def _cell_mask(image: np.ndarray) -> np.ndarray:
+    """The darkest 15% of the pixels: the nucleus and the densest cytoplasm."""
+    grey = image.astype(np.float32).sum(axis=2)
+    return grey <= np.quantile(grey, 0.15)
+
+
+def _geometry_kept(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """(correlation of the edge maps, IoU of the cell masks): both ~1 when only colours change."""
+    a, b = _cell_mask(before), _cell_mask(after)
+    return float(np.corrcoef(_edges(before), _edges(after))[0, 1]), float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("name", ["stain_macenko", "color_planckian", "color_jitter"])
+def test_colour_shifts_keep_geometry(cells: np.ndarray, name: str) -> None:
+    out = apply_shift(name, cells)
+    colour_change = np.abs(out.astype(np.int16) - cells).mean()
+    assert colour_change > 5, f"{name}: colours barely changed ({colour_change:.1f} levels)"
+    for before, after in zip(cells, out, strict=True):
+        edges, iou = _geometry_kept(before, after)
+        assert edges > 0.75 and iou > 0.75, (name, edges, iou)  # measured minima over these 8: >= 0.80, >= 0.81
+    for before, after in zip(cells, apply_shift("zoom_out_0.75", cells), strict=True):
+        assert max(_geometry_kept(before, after)) < 0.6  # for contrast: a zoom moves the edges and the cell
+
+
+def test_stain_shift_leaves_a_blank_field_alone() -> None:
+    blank = np.full((2, 32, 32, 3), 255, np.uint8)  # no stained pixel: plain HEStain(macenko) raises here
+    assert np.array_equal(apply_shift("stain_macenko", blank), blank)
+    transform = train_transform(0.0, 32, stain_aug=1.0)
+    for seed in range(6):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        assert transform(image=blank[0])["image"].shape == (32, 32, 3)
+
+
+def test_defocus_radius_follows_image_size() -> None:
+    assert defocus_radius(32) == 1.5 and defocus_radius(64) == 2.0 and defocus_radius(96) == 3.0
+    image = disk_image()
+    blurred = apply_shift("defocus", image[None])[0]
+    assert dark_area(blurred) == pytest.approx(dark_area(image), rel=0.02)  # blur spreads the disk, keeps its mass
+    assert _edges(blurred).max() < 0.6 * _edges(image).max()
+
+
+def test_unknown_shift_names_list_the_valid_ones(cells: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match=r"unknown shift 'zoom_out_0\.5'; valid shifts: zoom_out_0\.55, "):
+        resolve_names(["defocus", "zoom_out_0.5"])
+    with pytest.raises(ConfigError, match="valid shifts: .*gamma_1.6"):
+        shift_suite(cells, names=("blur",))
+    with pytest.raises(ConfigError, match="at least one"):
+        resolve_names([])
+    with pytest.raises(ConfigError, match="got -1"):
+        apply_shift("defocus", cells, seed=-1)
+    assert resolve_names("defocus") == ("defocus",)
+    assert resolve_names(["jpeg_q20", "defocus", "jpeg_q20"]) == ("jpeg_q20", "defocus")
+
+
+def _seeded(transform, image: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    rng = np.random.default_rng([seed, 0, 7])  # as cellnet.train.ImageDataset seeds each sample
+    transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
+    out = transform(image=image)["image"]
+    return out, transform.get_applied_params().get("factor", 1.0) if isinstance(transform, RandomZoom) else 1.0
+
+
+def test_random_zoom_is_seeded_by_set_random_state_and_changes_scale() -> None:
+    image = disk_image()
+    area = dark_area(image)
+    zoomer = RandomZoom(max_log2=1.0, p=1.0)
+    factors = []
+    for seed in range(12):
+        one, factor = _seeded(zoomer, image, seed)
+        two, again = _seeded(zoomer, image, seed)
+        assert np.array_equal(one, two) and factor == again
+        assert 0.5 <= factor <= 2.0
+        assert dark_area(one) / area == pytest.approx(factor**2, rel=0.04)
+        factors.append(factor)
+    assert min(factors) < 0.75 and max(factors) > 1.4  # it zooms both ways
+    assert not np.array_equal(_seeded(zoomer, image, 0)[0], _seeded(zoomer, image, 1)[0])
+
+    # inside the training pipeline: deterministic per seed, and different seeds differ
+    pipeline = train_transform(0.5, 96, zoom_aug=1.0, stain_aug=0.5)
+    outs = [_seeded(pipeline, image, s)[0] for s in (3, 3, 4)]
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    with pytest.raises(ValueError, match="got 3"):
+        RandomZoom(max_log2=3)
+
+
+def test_train_transform_knobs_default_off_and_do_not_double_the_scale() -> None:
+    plain = train_transform(0.5, 64)
+    assert repr(plain) == repr(train_transform(0.5, 64, zoom_aug=0.0, stain_aug=0.0))
+    names = [type(t).__name__ for t in plain.transforms]
+    assert "RandomZoom" not in names and "MacenkoStain" not in names and "PlanckianJitter" not in names
+    assert plain.transforms[names.index("Affine")].scale == {"x": (0.9, 1.1), "y": (0.9, 1.1)}
+
+    both = train_transform(0.5, 64, zoom_aug=1.0, stain_aug=0.5)
+    names = [type(t).__name__ for t in both.transforms]
+    assert names[0] == "RandomZoom" and "MacenkoStain" in names and "PlanckianJitter" in names
+    affine = both.transforms[names.index("Affine")]
+    assert affine.scale == {"x": (1.0, 1.0), "y": (1.0, 1.0)} and affine.rotate == (-22.5, 22.5)
+    assert [type(t).__name__ for t in train_transform(0.0, 64, zoom_aug=0.5).transforms] == ["RandomZoom"]
+    with pytest.raises(ValueError, match="zoom_aug must be in"):
+        train_transform(0.5, 64, zoom_aug=-1.0)
+    with pytest.raises(ValueError, match="stain_aug must be in"):
+        train_transform(0.5, 64, stain_aug=1.5)
