@@ -1,0 +1,298 @@
+"""cellnet.calibrate on synthetic data with known answers: temperature, conformal coverage per class, OOD false alarms,
+and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from cellnet.calibrate import (
+    Calibration,
+    ConformalScores,
+    conformal_p_values,
+    coverage_report,
+    fit_calibration,
+    fit_conformal,
+    fit_mahalanobis,
+    fit_temperature,
+    flag_report,
+    mahalanobis_score,
+    ood_auroc,
+    ood_threshold,
+    prediction_sets,
+    softmax,
+)
+from cellnet.errors import CheckpointError, ConfigError
+
+C = 8
+# One rare class (~3%, like basophils in a small lab's data) that the model also finds harder.
+PRIORS = np.array([0.03, 0.17, 0.10, 0.15, 0.10, 0.10, 0.20, 0.15])
+
+
+def sample_labels(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One label per row drawn from that row's probabilities (inverse CDF)."""
+    u = rng.random(len(probs))
+    return np.minimum((probs.cumsum(axis=1) < u[:, None]).sum(axis=1), probs.shape[1] - 1)
+
+
+def synthetic_model(n: int, signal: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a model whose evidence for the true class is `signal` (a third of it for the rare class 0)."""
+    y = rng.choice(C, size=n, p=PRIORS)
+    z = rng.normal(size=(n, C))
+    z[np.arange(n), y] += np.where(y == 0, signal / 3, signal)
+    return z, y
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Temperature
+
+
+@pytest.mark.parametrize("true_temperature", [2.5, 0.5])
+def test_temperature_recovers_the_temperature_labels_were_drawn_with(true_temperature: float) -> None:
+    rng = np.random.default_rng(int(true_temperature * 10))
+    z = rng.normal(0.0, 3.0, size=(20_000, C))
+    y = sample_labels(softmax(z, true_temperature), rng)
+    assert fit_temperature(z, y) == pytest.approx(true_temperature, rel=0.04)
+
+
+def test_softmax_is_stable_for_huge_logits() -> None:
+    p = softmax(np.array([[1000.0, 0.0, -1000.0], [5.0, 5.0, 5.0]]), temperature=0.1)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p, [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conformal sets
+
+
+def test_p_values_are_the_mondrian_formula() -> None:
+    """crepes, called per class with bins = c, gives (#{calibration scores of class c >= 1 - p_c} + 1) / (q_c + 1)."""
+    rng = np.random.default_rng(3)
+    z, y = synthetic_model(600, 2.0, rng)
+    conformal = fit_conformal(softmax(z[:400]), y[:400], C)
+    test = softmax(z[400:])
+    alphas = (1.0 - test).astype(np.float32)
+    expected = np.empty(test.shape)
+    for c in range(C):
+        cal = np.sort(conformal.scores[conformal.labels == c])
+        expected[:, c] = (len(cal) - np.searchsorted(cal, alphas[:, c], side="left") + 1) / (len(cal) + 1)
+    np.testing.assert_allclose(conformal_p_values(test, conformal), expected)
+
+
+@pytest.mark.parametrize("coverage", [0.9, 0.95])
+def test_coverage_holds_overall_and_for_every_class(coverage: float) -> None:
+    rng = np.random.default_rng(7)
+    z, y = synthetic_model(16_000, 2.0, rng)
+    half = len(y) // 2
+    conformal = fit_conformal(softmax(z[:half]), y[:half], C)
+    sets = prediction_sets(softmax(z[half:]), conformal, coverage)
+    report = coverage_report(sets, y[half:], [f"c{c}" for c in range(C)])
+
+    def bounds(n_test: int, n_cal: int) -> tuple[float, float]:
+        """Expected coverage is in [1-a, 1-a + 1/(q+1)]; both the test and the calibration draw add binomial noise."""
+        se = np.sqrt(coverage * (1 - coverage) * (1 / n_test + 1 / n_cal))
+        return coverage - 3 * se, coverage + 1 / (n_cal + 1) + 3 * se
+
+    lo, hi = bounds(len(y) - half, half)
+    assert lo <= report["coverage"] <= hi
+    for c in range(C):
+        row = report["per_class"][f"c{c}"]
+        lo, hi = bounds(row["n"], int(conformal.counts[c]))
+        assert lo <= row["coverage"] <= hi, (c, row)
+    assert report["per_class"]["c0"]["n"] < 0.04 * (len(y) - half)  # the rare class is rare
+    # the rare class is harder: its sets are larger, which is what keeps its coverage
+    assert report["per_class"]["c0"]["mean_set_size"] > report["per_class"]["c1"]["mean_set_size"]
+
+
+def test_sets_shrink_as_the_model_gets_more_informative() -> None:
+    rng = np.random.default_rng(11)
+    sizes = []
+    for signal in (0.5, 2.0, 4.0):
+        z, y = synthetic_model(6_000, signal, rng)
+        conformal = fit_conformal(softmax(z[:3000]), y[:3000], C)
+        sizes.append(prediction_sets(softmax(z[3000:]), conformal, 0.9).sum(axis=1).mean())
+    assert sizes[0] > sizes[1] > sizes[2] >= 0.9, sizes
+    assert sizes[0] > 3.0 and sizes[2] < 1.5, sizes
+
+
+@pytest.mark.parametrize("coverage", [0, 1, 1.2, -0.1])
+def test_coverage_outside_the_open_unit_interval_is_a_config_error(coverage: float) -> None:
+    rng = np.random.default_rng(0)
+    z, y = synthetic_model(300, 2.0, rng)
+    conformal = fit_conformal(softmax(z), y, C)
+    with pytest.raises(ConfigError, match=f"--coverage must be in \\(0, 1\\), got {coverage}"):
+        prediction_sets(softmax(z), conformal, coverage)
+    with pytest.raises(ConfigError, match="--coverage"):
+        fit_calibration(z, y, C, coverage=coverage)
+    with pytest.raises(ConfigError, match="--coverage"):
+        fit_calibration(z, y, C).apply(z, coverage=coverage)
+
+
+def test_a_class_with_too_few_calibration_images_is_always_in_the_set_and_reported() -> None:
+    rng = np.random.default_rng(5)
+    worst = np.array([[0.0, 0.5, 0.5]])  # class 0 as unlikely as it gets: score 1, above every calibration score
+    for q in range(1, 41):
+        labels = np.r_[np.zeros(q, dtype=np.int64), np.ones(50, dtype=np.int64), np.full(50, 2)]
+        conformal = ConformalScores(rng.uniform(0, 0.9, len(labels)).astype(np.float32), labels, 3)
+        for coverage in (0.8, 0.9, 0.95):
+            in_set = bool(prediction_sets(worst, conformal, coverage)[0, 0])
+            assert in_set == (0 in conformal.always_included(coverage)), (q, coverage)
+            limit = 1 / (1 - coverage)  # q + 1 <= limit: always in (exactly at the limit float rounding decides)
+            if abs(q + 1 - limit) > 0.5:
+                assert in_set == (q + 1 < limit), (q, coverage)
+
+    z, y = synthetic_model(3000, 3.0, rng)
+    keep = (y != 0) | (np.cumsum(y == 0) <= 5)  # only five images of class 0
+    z, y = z[keep], y[keep]
+    cal = fit_calibration(z, y, C, coverage=0.95)
+    assert cal.conformal.counts[0] == 5
+    assert cal.to_meta()["always_in_set"] == [0]
+    assert any("[0]" in note and "every prediction set" in note for note in cal.notes)
+    out = cal.apply(rng.normal(size=(200, C)))
+    assert out["sets"][:, 0].all() and out["always_in_set"] == [0]
+    assert cal.apply(z, coverage=0.8)["always_in_set"] == []  # 1/6 < 0.2: excludable at 80%
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OOD
+
+
+def gaussian_classes(d: int, rng: np.random.Generator):
+    """A sampler of 4 Gaussian classes sharing an anisotropic covariance (like real features, not spherical)."""
+    mix = rng.normal(size=(d, d)) * np.geomspace(1.0, 0.02, d)[None, :]
+    means = rng.normal(size=(4, d)) * 2.0
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 4, n)
+        return ((rng.normal(size=(n, d)) + means[y]) @ mix.T).astype(np.float32), y
+
+    return draw
+
+
+def test_mahalanobis_score_is_the_min_over_classes_of_the_squared_distance() -> None:
+    rng = np.random.default_rng(2)
+    x, y = gaussian_classes(6, rng)(300)
+    stats = fit_mahalanobis(x, y, 4)
+    p = stats.precision.astype(np.float64)
+    diffs = x[:20, None, :].astype(np.float64) - stats.means[None].astype(np.float64)
+    brute = np.einsum("ncd,de,nce->nc", diffs, p, diffs).min(axis=1)
+    np.testing.assert_allclose(mahalanobis_score(x[:20], stats), brute, rtol=1e-6)
+    np.testing.assert_allclose(p, p.T)
+    assert np.linalg.eigvalsh(p).min() > 0
+
+
+def test_ood_false_alarms_match_the_stated_rate_and_far_points_are_flagged() -> None:
+    """D = 256 from 4,000 images: a threshold from the fitted images' own scores would flag ~15% of new ones."""
+    rng = np.random.default_rng(4)
+    draw = gaussian_classes(256, rng)
+    features, y = draw(4000)
+    logits = rng.normal(size=(len(y), 4))
+    logits[np.arange(len(y)), y] += 2.0
+    cal = fit_calibration(logits, y, 4, features, false_alarm=0.05)
+    assert cal.ood is not None
+
+    fresh, fresh_y = draw(10_000)
+    out = cal.apply(rng.normal(size=(len(fresh), 4)), fresh)
+    n_threshold = 800  # 20% held out
+    tolerance = 3 * np.sqrt(0.05 * 0.95 / n_threshold) + 3 * np.sqrt(0.05 * 0.95 / len(fresh))
+    assert abs(out["ood"].mean() - 0.05) <= tolerance, out["ood"].mean()
+
+    far = fresh[:200] + 20.0 * features.std(axis=0)
+    strange = np.vstack([np.full((1, 256), 3.0), np.zeros((1, 256)), np.full((1, 256), np.nan)])
+    odd = cal.apply(np.zeros((203, 4)), np.vstack([far, strange]).astype(np.float32))
+    assert odd["ood"].all()
+    assert ood_auroc(out["ood_score"], odd["ood_score"][:200]) == 1.0
+
+
+def test_ood_threshold_is_the_conformal_rank() -> None:
+    scores = np.random.default_rng(0).permutation(np.arange(1.0, 101.0))
+    assert ood_threshold(scores, 0.05) == 96.0  # ceil(101 * 0.95) = 96th smallest
+    assert ood_threshold(scores, 0.5) == 51.0
+    assert ood_threshold(scores[:10], 0.05) == scores[:10].max()  # rank ceil(11 * 0.95) = 11 > 10 images
+    for bad in (0, 1, 1.5):
+        with pytest.raises(ConfigError, match=f"false_alarm must be in \\(0, 1\\), got {bad}"):
+            ood_threshold(scores, bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint round trip
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Calibration, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(9)
+    features, y = gaussian_classes(16, rng)(600)
+    logits = rng.normal(size=(600, 4))
+    logits[np.arange(600), y] += 2.0
+    return fit_calibration(logits, y, 4, features, coverage=0.9), logits, features
+
+
+def stored(cal: Calibration) -> tuple[dict, dict[str, np.ndarray]]:
+    """What a checkpoint holds after writing and reading: the meta through JSON, the arrays through safetensors."""
+    return json.loads(json.dumps(cal.to_meta())), load(save(cal.to_tensors()))
+
+
+def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
+    cal, logits, features = fitted
+    meta, tensors = stored(cal)
+    back = Calibration.from_parts(meta, tensors)
+    assert back.temperature == cal.temperature and back.coverage == 0.9 and back.notes == cal.notes
+    assert meta["num_calibration"] == 600 and sum(meta["calibration_counts"]) == 600
+    assert meta["conformal"]["library"].startswith("crepes ")
+    a, b = cal.apply(logits, features), back.apply(logits, features)
+    for key in ("probs", "sets", "set_size", "ood_score", "ood"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+    plain = fit_calibration(logits, np.argmax(logits, axis=1), 4)
+    meta, tensors = stored(plain)
+    assert meta["ood"] is None and set(tensors) == {"conformal_scores", "conformal_labels"}
+    back = Calibration.from_parts(meta, tensors)
+    assert back.ood is None and back.apply(logits)["ood"] is None
+
+
+@pytest.mark.parametrize(
+    ("tamper", "match"),
+    [
+        (lambda m, t: t.update(ood_means=t["ood_means"][:-1]), "classes"),
+        (lambda m, t: t.update(ood_precision=t["ood_precision"][:-1, :-1]), "precision"),
+        (lambda m, t: t.update(conformal_labels=t["conformal_labels"][:-1]), "labels"),
+        (lambda m, t: t["conformal_labels"].__setitem__(0, 4), r"labels must be in \[0, 4\)"),
+        (lambda m, t: m.update(num_calibration=599), "meta says 599"),
+        (lambda m, t: t.pop("ood_precision"), "ood_precision"),
+        (lambda m, t: m.update(ood=None), "ood absent"),
+        (lambda m, t: m.update(temperature=-1.0), "temperature"),
+        (lambda m, t: m.update(coverage=1.5), "coverage"),
+        (lambda m, t: m["ood"].update(feature_dim=15), "meta says 15"),
+        (lambda m, t: m.pop("temperature"), "lacks"),
+    ],
+)
+def test_an_inconsistent_calibration_is_a_checkpoint_error(fitted, tamper, match: str) -> None:
+    meta, tensors = stored(fitted[0])
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    tamper(meta, tensors)
+    with pytest.raises(CheckpointError, match=match):
+        Calibration.from_parts(meta, tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_reports_count_what_they_say() -> None:
+    sets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=bool)
+    rep = coverage_report(sets, np.array([0, 1, 0, 2]), ["a", "b", "c"])
+    assert rep["coverage"] == 0.5 and rep["mean_set_size"] == 1.0 and rep["empty_sets"] == 0.25
+    assert rep["per_class"]["a"] == {"n": 2, "coverage": 0.5, "mean_set_size": 1.0}
+    assert rep["per_class"]["c"] == {"n": 1, "coverage": 0.0, "mean_set_size": 0.0}
+    json.dumps(rep)
+
+    flags = flag_report(np.array([1, 1, 0, 0, 1], dtype=bool), np.array([0, 1, 1, 1, 0], dtype=bool))
+    assert flags["share_wrong_flagged"] == 1.0 and flags["share_right_flagged"] == pytest.approx(1 / 3)
+    assert (flags["wrong"], flags["right"], flags["flagged"]) == (2, 3, 3)
+    assert flag_report(np.zeros(2, dtype=bool), np.ones(2, dtype=bool))["share_wrong_flagged"] is None
+
+    assert ood_auroc(np.array([0.1, 0.2]), np.array([0.15, 0.3])) == 0.75
+    assert np.isnan(ood_auroc(np.array([0.1]), np.array([])))
