@@ -5,6 +5,11 @@ cellnet.json holds what is needed to rebuild and use the model without the train
 provenance (git SHA, data hash, ...) and the sha256 of the weights file. Loading never unpickles: safetensors + JSON,
 the model is rebuilt from the config with pretrained=False and filled strictly; anything missing, extra, mis-shaped
 or altered is a CheckpointError.
+
+An ensemble checkpoint (a search winner's k fold models, `cellnet.model.FoldEnsemble`) is the same directory with
+`"ensemble": {"members": k, ...}` in cellnet.json and the members' weights under `members.<i>.` in the one
+safetensors file; all members share the config, classes and preprocessing, so predict/evaluate/export need nothing
+else.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -26,7 +32,8 @@ from torch import nn
 
 from cellnet.config import TRAIN_FIELDS, TrainConfig
 from cellnet.errors import CheckpointError
-from cellnet.model import CellNet, build_model, check_state_dict
+from cellnet.files import jsonable, replace_dir, write_json
+from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
 
 WEIGHTS = "model.safetensors"
 META = "cellnet.json"
@@ -38,7 +45,7 @@ FORMAT_VERSION = 1
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode, on the requested device) and its description."""
 
-    model: CellNet
+    model: CellNet | FoldEnsemble
     config: TrainConfig
     classes: tuple[str, ...]
     image_size: int
@@ -48,6 +55,12 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    calibration: Any = None  # a cellnet.calibrate.Calibration fitted on out-of-fold data, or None
+
+    @property
+    def members(self) -> int:
+        """Models averaged by this checkpoint: k for a fold ensemble, 1 for a single model."""
+        return len(self.model.members) if isinstance(self.model, FoldEnsemble) else 1
 
 
 def save_checkpoint(
@@ -62,8 +75,8 @@ def save_checkpoint(
     metrics: dict[str, Any],
     provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `out_dir` atomically (a temp dir beside it, then rename; an existing checkpoint is replaced only once
-    the new one is complete). Returns the directory."""
+    """Write `out_dir` atomically (a temp dir beside it, then swapped in; an existing checkpoint is replaced only
+    once the new one is complete). `model` is a CellNet or a FoldEnsemble. Returns the directory."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -97,14 +110,17 @@ def save_checkpoint(
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
             "config": dataclasses.asdict(config),
-            "metrics": _jsonable(metrics),
+            "metrics": jsonable(metrics),
             "versions": _versions(),
-            "provenance": _jsonable(provenance or {}),
+            "provenance": jsonable(provenance or {}),
             "weights_sha256": _sha256(tmp / WEIGHTS),
+            "ensemble": (
+                {"members": len(model.members), "combine": "mean_softmax"} if isinstance(model, FoldEnsemble) else None
+            ),
         }
-        _write_json(tmp / META, meta)
+        write_json(tmp / META, meta, fsync=True)
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -151,7 +167,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
-    model = build_model(dataclasses.replace(config, pretrained=False, weights_file=None), len(classes))
+    model = _build(meta, dataclasses.replace(config, pretrained=False, weights_file=None), len(classes), meta_path)
+    _check_members(meta, state, weights_path)
     check_state_dict(model, state, where=str(weights_path))
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
@@ -170,6 +187,36 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _build(meta: dict[str, Any], config: TrainConfig, num_classes: int, where: Path) -> CellNet | FoldEnsemble:
+    """The empty model cellnet.json describes: one CellNet, or `ensemble.members` of them."""
+    ensemble = meta.get("ensemble")
+    if ensemble is None:
+        return build_model(config, num_classes)
+    k = ensemble.get("members") if isinstance(ensemble, dict) else None
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise CheckpointError(f"{where}: ensemble.members must be a positive integer, got {k!r}")
+    return FoldEnsemble([build_model(config, num_classes) for _ in range(k)])
+
+
+def _check_members(meta: dict[str, Any], state: dict[str, Any], weights_path: Path) -> None:
+    """An ensemble whose weights file holds a different number of members than cellnet.json declares (a partial
+    copy, or files from two checkpoints) gets an error that says exactly that, not a list of missing keys."""
+    found = sorted({int(m.group(1)) for k in state if (m := re.match(r"members\.(\d+)\.", k))})
+    declared = (meta.get("ensemble") or {}).get("members")
+    if declared is None:
+        if found:
+            raise CheckpointError(
+                f"{weights_path} holds an ensemble of {len(found)} members but {META} describes a single model"
+            )
+        return
+    if found != list(range(declared)):
+        shown = f"members {found[0]}-{found[-1]}" if found else "no members"
+        raise CheckpointError(
+            f"{weights_path}: the ensemble checkpoint declares {declared} members in {META} but the weights file "
+            f"holds {len(found)} ({shown}); the checkpoint is partial or mixed, re-create it"
+        )
 
 
 def _config_from(raw: Any, where: Path) -> TrainConfig:
@@ -213,41 +260,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy/torch scalars → Python numbers, tuples → lists, paths → str)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, str | bool | int | float) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move the finished `new` to `dest`; an existing `dest` is moved aside first and deleted afterwards, so at any
-    moment `dest` is either the old complete checkpoint or the new one (never a mix)."""
-    if not dest.exists():
-        os.rename(new, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    old.rmdir()
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

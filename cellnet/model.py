@@ -7,11 +7,14 @@ initialisation when the user asked for pretrained weights.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cellnet.config import TrainConfig
@@ -29,6 +32,40 @@ class CellNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+class FoldEnsemble(nn.Module):
+    """The k fold models of one search trial as one model: its prediction is the mean of the members' softmax.
+
+    `forward` returns the log of that mean, so `softmax(forward(x))` is exactly the ensemble's probability and every
+    consumer of logits (predict, TTA, evaluate, the ONNX export, temperature scaling) works on it unchanged.
+    """
+
+    def __init__(self, members: Sequence[CellNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([F.log_softmax(m(x).float(), dim=1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The first member's backbone: what normalisation and feature-width questions are answered from (all
+        members share one config)."""
+        first = self.members[0]
+        assert isinstance(first, CellNet)
+        return first.backbone
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's pooled features (the head's input): N×D for a CellNet, k×N×D for a FoldEnsemble (one slice per
+    member, each member's own feature space). What the out-of-distribution score measures distances in."""
+    if isinstance(model, FoldEnsemble):
+        return torch.stack([m.backbone(x).float() for m in model.members])  # type: ignore[union-attr,operator]
+    return model.backbone(x).float()  # type: ignore[operator]
 
 
 def build_head(

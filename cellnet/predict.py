@@ -65,31 +65,53 @@ def preprocess(
     return x
 
 
-def predict_images(
+@dataclass
+class Inference:
+    """What one pass of a checkpoint over images gives: probabilities (calibrated when a temperature is given, TTA
+    averaged), the raw outputs of the identity view (`logits`; an ensemble's are log mean-softmax), and the
+    penultimate features when asked for (N×D, or k×N×D for a fold ensemble; TTA-averaged)."""
+
+    probs: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray | None = None
+
+
+def infer(
     checkpoint: Any,
     images: np.ndarray,
     *,
     batch_size: int = 256,
     tta: bool = False,
+    temperature: float = 1.0,
+    features: bool = False,
     on_batch: Callable[[int], object] | None = None,
-) -> np.ndarray:
-    """Softmax probabilities (N×C float32) for uint8 images N×S×S×3, on the device the checkpoint's model is on.
+) -> Inference:
+    """Run `checkpoint` (a `cellnet.checkpoint.Checkpoint`: model, image_size, input_size, mean, std, classes) over
+    uint8 images N×S×S×3 on the device its model is on.
 
-    `checkpoint` is a `cellnet.checkpoint.Checkpoint` (model, image_size, input_size, mean, std, classes).
-    `on_batch(n)` is called after each batch with its size (progress bars).
+    probs = mean over views of softmax(outputs / temperature): with `tta` the 8 dihedral views, else one. The
+    temperature divides each view's outputs before its softmax (so calibration and TTA compose). `on_batch(n)` is
+    called after each batch with its size (progress bars).
     """
+    from cellnet.model import penultimate_features
+
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"expected uint8 images N×S×S×3, got {images.dtype} {images.shape}")
     if batch_size < 1:
         raise CellnetError(f"batch size must be >= 1, got {batch_size}")
+    if not temperature > 0:
+        raise CellnetError(f"temperature must be > 0, got {temperature}")
     model = checkpoint.model
     model.eval()
     device = _model_device(model)
-    out = np.empty((len(images), len(checkpoint.classes)), dtype=np.float32)
+    n, c = len(images), len(checkpoint.classes)
+    probs = np.empty((n, c), dtype=np.float32)
+    logits = np.empty((n, c), dtype=np.float32)
+    feats: np.ndarray | None = None
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     cuda = device.type == "cuda"  # as in validation: bf16 autocast and channels_last on GPU, fp32 on CPU
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-        for start in range(0, len(images), batch_size):
+        for start in range(0, n, batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
             x = preprocess(
                 chunk,
@@ -100,12 +122,48 @@ def predict_images(
             )
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            probs = sum(torch.softmax(model(_dihedral(x, k, flip)).float(), dim=1) for k, flip in views)
-            assert isinstance(probs, torch.Tensor)
-            out[start : start + len(chunk)] = (probs / len(views)).cpu().numpy()
+            p_sum: torch.Tensor | None = None
+            f_sum: torch.Tensor | None = None
+            for i, (k, flip) in enumerate(views):
+                view = _dihedral(x, k, flip)
+                out = model(view).float()
+                if i == 0:
+                    logits[start : start + len(chunk)] = out.cpu().numpy()
+                p = torch.softmax(out / temperature, dim=-1)
+                p_sum = p if p_sum is None else p_sum + p
+                if features:
+                    f = penultimate_features(model, view)
+                    f_sum = f if f_sum is None else f_sum + f
+            assert p_sum is not None
+            probs[start : start + len(chunk)] = (p_sum / len(views)).cpu().numpy()
+            if f_sum is not None:
+                f_mean = (f_sum / len(views)).cpu().numpy()
+                if feats is None:
+                    feats = np.empty((*f_mean.shape[:-2], n, f_mean.shape[-1]), dtype=np.float32)
+                feats[..., start : start + len(chunk), :] = f_mean
             if on_batch is not None:
                 on_batch(len(chunk))
-    return out
+    return Inference(probs, logits, feats)
+
+
+def predict_images(
+    checkpoint: Any,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    calibrated: bool = True,
+    on_batch: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N×C float32) for uint8 images N×S×S×3 — temperature-scaled when the checkpoint holds
+    a calibration and `calibrated` (the default), else the model's own softmax."""
+    temperature = _temperature(checkpoint) if calibrated else 1.0
+    return infer(checkpoint, images, batch_size=batch_size, tta=tta, temperature=temperature, on_batch=on_batch).probs
+
+
+def _temperature(checkpoint: Any) -> float:
+    calibration = getattr(checkpoint, "calibration", None)
+    return float(calibration.temperature) if calibration is not None else 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

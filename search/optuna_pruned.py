@@ -3,9 +3,13 @@
 Ray's OptunaSearch reports every epoch (`trial.report(value, step)`) but, when a trial ends with a value, tells
 Optuna COMPLETE, so TPE treats an ASHA-stopped trial's low-budget score as a final score. Here a trial that ended
 without error before `max_epochs` is told PRUNED (Optuna keeps its intermediate values; TPE then treats it the way
-Optuna's own pruners intend), a diverged or errored trial FAIL, and only a trial that ran all epochs COMPLETE.
+Optuna's own pruners intend), a diverged or errored trial FAIL, and only a trial that ran all epochs COMPLETE --
+with the value the leaderboard ranks it by: its best epoch's metric, not the last epoch's (which is what Ray tells).
 `tell_pruned=False` restores Ray's behaviour, for the benchmark that compares the two. See
 docs/decisions/0003-pruned-trials-in-optuna.md.
+
+A tell Optuna refuses (a value it cannot store) would leave the trial RUNNING in the study for ever: it is told FAIL
+instead, with a warning.
 
 The suggested params are returned under the key `params`, so `result.config["params"]` is what a trial ran.
 """
@@ -13,6 +17,7 @@ The suggested params are returned under the key `params`, so `result.config["par
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import optuna
@@ -32,7 +37,7 @@ class PrunedOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_epochs = int(max_epochs)
         self.tell_pruned = tell_pruned
-        self._reported: dict[str, set[int]] = {}  # trial id -> steps reported to Optuna
+        self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: metric} reported to Optuna
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         out = super().suggest(trial_id)
@@ -40,27 +45,57 @@ class PrunedOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
-        self._reported.setdefault(trial_id, set()).add(int(result["training_iteration"]))
+        self._record(trial_id, result)
+
+    def _record(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Remember the epoch's value; False if that epoch was already recorded."""
+        step, value = int(result.get("training_iteration", 0)), result.get(self.metric)
+        seen = self.__dict__.setdefault("_values", {}).setdefault(trial_id, {})  # (a state saved before _values)
+        if not step or value is None or step in seen:
+            return False
+        seen[step] = float(value)
+        return True
+
+    def best_value(self, trial_id: str) -> float | None:
+        """The trial's best reported value (the leaderboard's best-epoch metric), None if none is finite."""
+        values = [v for v in self.__dict__.get("_values", {}).get(trial_id, {}).values() if math.isfinite(v)]
+        if not values:
+            return None
+        return max(values) if self.mode == "max" else min(values)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        state = self.final_state(result, error)
-        if state == TrialState.PRUNED and result and trial_id in self._ot_trials:
-            # Tune skips on_trial_result for the result on which the scheduler stops a trial: report it here, so
-            # Optuna has the value the trial was pruned at (at least one intermediate value).
-            step = int(result.get("training_iteration", 0))
-            if step and step not in self._reported.get(trial_id, set()):
-                self._ot_trials[trial_id].report(result[self.metric], step)
-        if state is None or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result, error)
             return
+        state = self.final_state(result, error)
+        ot_trial = self._ot_trials[trial_id]
+        if result and self._record(trial_id, result) and state == TrialState.PRUNED:
+            # Tune skips on_trial_result for the result on which the scheduler stops a trial: report it here, so
+            # Optuna has the value the trial was pruned at (at least one intermediate value).
+            ot_trial.report(result[self.metric], int(result["training_iteration"]))
+        value = None
+        if state is None:  # ran every epoch
+            state = TrialState.COMPLETE
+            value = self.best_value(trial_id) if self.tell_pruned else (result or {}).get(self.metric)
+            if value is None:
+                state = TrialState.FAIL
+        self.tell(trial_id, value, state)
+
+    def tell(self, trial_id: str, value: float | None, state: TrialState) -> None:
+        """study.tell; if Optuna refuses, the trial is told FAIL (with a warning) rather than left RUNNING."""
+        ot_trial = self._ot_trials[trial_id]
         try:
-            self.study.tell(self._ot_trials[trial_id], None, state=state)
-        except Exception as exc:  # what Ray's own on_trial_complete does with a tell Optuna refuses
-            log.warning("optuna refused to record trial %s as %s: %s", trial_id, state.name, exc)
+            self.study.tell(ot_trial, value, state=state)
+        except Exception as exc:
+            log.warning("optuna refused to record trial %s as %s (%s); recording it as FAIL", trial_id, state.name, exc)
+            try:
+                self.study.tell(ot_trial, None, state=TrialState.FAIL)
+            except Exception as again:
+                log.warning("optuna refused FAIL for trial %s too: %s", trial_id, again)
         self._completed_trials.add(trial_id)
 
     def final_state(self, result: dict[str, Any] | None, error: bool) -> TrialState | None:
-        """FAIL / PRUNED, or None where Ray's default (COMPLETE with the last value) is the truth."""
+        """FAIL / PRUNED, or None for a trial that ran every epoch (COMPLETE; `on_trial_complete` picks the value)."""
         if error or (result and result.get("diverged")):
             return TrialState.FAIL
         if not result or result.get(self.metric) is None:

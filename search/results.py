@@ -1,14 +1,14 @@
 """What a finished search leaves behind: trials.csv, summary.json, a leaderboard and the search plots.
 
 Input is one `TrialRecord` per trial (`records_from_result_grid` makes them from Tune's ResultGrid; tests fabricate
-them). Each trial is judged on its best epoch (by the search metric/mode), which is also the epoch count a retrain
-uses with `retrain.epochs: best`. search.run calls, in order:
+them). Each trial is judged on its best epoch (by the search metric/mode), which is also where a retrain with
+`retrain.epochs: best` stops the searched schedule. search.run calls, in order:
 
     records = records_from_result_grid(grid)
     out = write_outputs(cfg, records, run_dir, num_classes=..., wall_time_s=..., provenance=...)
     print(out.leaderboard)
     path = retrain(cfg, out.best_params, data_ref, out.retrain_epochs, run_dir / "best",
-                   cv_metrics=out.checkpoint_metrics, provenance=...)
+                   schedule_epochs=out.retrain_schedule_epochs, cv_metrics=out.checkpoint_metrics, provenance=...)
     update_summary(run_dir, retrain={...}, test={...})
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cellnet.config import ExperimentConfig, Param, TrainConfig
-from cellnet.evaluate import atomic_path
+from cellnet.files import atomic_path, jsonable, write_json
 
 STATUSES = ("completed", "stopped_early", "failed")
 _BEST_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_macro_f1", "cv_balanced_accuracy", "cv_val_loss")
@@ -58,6 +58,8 @@ class SearchOutputs:
     best_trial_id: str | None
     best_params: dict[str, Any] | None
     retrain_epochs: int | None
+    retrain_schedule_epochs: int | None
+    best_epoch: int | None
     checkpoint_metrics: dict[str, Any] | None  # pass as retrain(..., cv_metrics=...): the winner's cv numbers
     plots: dict[str, Path]
     notes: list[str]
@@ -165,7 +167,7 @@ def trials_table(
         last = h.iloc[-1] if not h.empty else None
         row: dict[str, Any] = {"trial_id": rec.trial_id, "status": trial_status(rec, cfg.search.max_epochs)}
         row.update({f"param_{n}": rec.params.get(n) for n in names})
-        row["params_json"] = json.dumps(_jsonable(rec.params), sort_keys=True)
+        row["params_json"] = json.dumps(jsonable(rec.params), sort_keys=True)
         folds = [c for c in h.columns if c.startswith("fold") and c.endswith("_accuracy") and "train" not in c]
         for col in list(_BEST_COLUMNS) + [f"fold{i}_{m}" for i in range(len(folds)) for m in _FOLD_METRICS]:
             row[col] = _num(best, col)
@@ -264,11 +266,12 @@ def ranked(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     return table.assign(_key=key).sort_values("_key", na_position="last", kind="stable").drop(columns="_key")
 
 
-def retrain_epochs(cfg: ExperimentConfig, best: pd.Series) -> int:
-    """`retrain.epochs`: an int as given, or `best`: the winner's best epoch in cross-validation."""
+def retrain_epochs(cfg: ExperimentConfig, best: pd.Series) -> tuple[int, int]:
+    """(epochs to run, length of the LR schedule): `retrain.epochs: best` = the searched schedule (search.max_epochs
+    long) stopped at the winner's best epoch; an int N = a fresh N-epoch schedule run to its end."""
     if cfg.retrain.epochs == "best":
-        return int(best["best_epoch"])
-    return int(cfg.retrain.epochs)
+        return int(best["best_epoch"]), cfg.search.max_epochs
+    return int(cfg.retrain.epochs), int(cfg.retrain.epochs)
 
 
 def build_summary(
@@ -295,7 +298,8 @@ def build_summary(
             "config": dataclasses.asdict(cfg.train_config(params, epochs=cfg.search.max_epochs)),
             "best_epoch": int(best["best_epoch"]),
             "epochs": int(best["epochs"]),
-            "retrain_epochs": retrain_epochs(cfg, best),
+            "retrain_epochs": retrain_epochs(cfg, best)[0],
+            "retrain_schedule_epochs": retrain_epochs(cfg, best)[1],
             "cv": {
                 metric: best[metric],
                 "cv_accuracy": best["cv_accuracy"],
@@ -308,7 +312,7 @@ def build_summary(
             "cpu_latency_ms": best.get("cpu_latency_ms"),
             "node_ids": best.get("node_ids"),
         }
-    return _jsonable(
+    return jsonable(
         {
             "name": cfg.name,
             "metric": metric,
@@ -366,31 +370,11 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy scalars to Python, NaN/inf to null, tuples and paths to lists and strings."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
 def update_summary(run_dir: str | Path, **sections: Any) -> dict[str, Any]:
     """Set top-level sections of `run_dir/summary.json` (e.g. retrain=..., test=...) after the search; atomic."""
     path = Path(run_dir) / "summary.json"
     summary = json.loads(path.read_text())
-    summary.update(_jsonable(sections))
+    summary.update(jsonable(sections))
     write_json(path, summary)
     return summary
 
@@ -625,6 +609,8 @@ def write_outputs(
         best_trial_id=best["trial_id"] if best else None,
         best_params=best["params"] if best else None,
         retrain_epochs=best["retrain_epochs"] if best else None,
+        retrain_schedule_epochs=best["retrain_schedule_epochs"] if best else None,
+        best_epoch=best["best_epoch"] if best else None,
         checkpoint_metrics=checkpoint_metrics(winner) if winner is not None else None,
         plots=plots,
         notes=notes,

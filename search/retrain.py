@@ -1,13 +1,20 @@
 """Retrain the winning configuration on all cleaned data and save it as a cellnet checkpoint (`<run_dir>/best/`).
 
-Runs as one Ray Train `TorchTrainer` launched from the driver (outside Tune). With several GPUs in the cluster the
-model is trained data-parallel (DDP, one worker per GPU, each worker on an equal shard of the images, so the effective
-batch is `batch_size x workers`); otherwise one worker (CPU: no DDP) runs plain `cellnet.train`. No validation and
-no early stopping: exactly `epochs` epochs, the winner's best epoch count in cross-validation by default.
+    driver: retrain() --TorchTrainer.fit()--> worker(s) `_train_loop` --epoch metrics--> progress queue --> bar
+                                               rank 0: checkpoint --ray.train.report--> storage --> out_dir
+
+Runs as one Ray Train `TorchTrainer` launched from the driver (outside Tune), when the search is over and nothing
+else runs. With several GPUs in the cluster the model is trained data-parallel (DDP, one worker per GPU, each worker
+on an equal shard of the images, so the effective batch is `batch_size x workers`); on CPU one worker takes every
+CPU of the largest node (as many threads) and runs plain `cellnet.train`. No validation and no early stopping.
+
+Epochs: `retrain.epochs: best` (default) repeats the searched schedule -- the LR schedule built over the trial's
+`search.max_epochs` -- and stops at the winner's best epoch, i.e. the weights the fold models had at the epoch the
+search ranked them by; `retrain.epochs: N` (or `--epochs N`) trains a fresh N-epoch schedule to its end.
 
 Rank 0 writes the checkpoint and reports it to Ray Train, which persists it in `storage_path` (shared storage on a
 multi-node cluster, like Tune's); the driver then loads it (a full integrity check) and saves it atomically to
-`out_dir`.
+`out_dir`. While it trains, the driver shows a progress bar (epoch, loss, images/s, ETA) fed by rank 0.
 
 CLI (a run's winner or any other trial, again):
 
@@ -19,11 +26,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +43,44 @@ from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig, load_config
 from cellnet.data.dataset import CellData
 from cellnet.errors import CellnetError, ConfigError
+from search.data import load_search_data
 
 SEARCH_CONFIG = "search_config.yaml"
 TRIALS_CSV = "trials.csv"
+
+
+@dataclass(frozen=True)
+class RetrainScaling:
+    """What the retrain asks Ray for: `workers` x `resources_per_worker`, on GPUs or not, with `threads` each."""
+
+    workers: int
+    use_gpu: bool
+    resources_per_worker: dict[str, float]
+    threads: int
+
+
+def retrain_scaling(
+    nodes: Sequence[dict[str, float]],
+    *,
+    use_gpu: bool | None = None,
+    num_workers: int | None = None,
+    cpus_per_worker: float | None = None,
+    gpu_worker_cpus: float = 1.0,
+) -> RetrainScaling:
+    """The retrain's resource request for a cluster of `nodes` (per-node CPU/GPU totals, alive nodes).
+
+    GPU (the default when the cluster has one): one worker per GPU (DDP when > 1), `gpu_worker_cpus` CPUs each.
+    CPU: one worker with every CPU of the largest node -- the search is over, nothing else runs, and a retrain on one
+    core of a 2-core machine takes twice as long as it needs to. `cpus_per_worker` overrides the CPU count.
+    """
+    gpus = int(sum(n.get("GPU", 0.0) for n in nodes))
+    use_gpu = gpus >= 1 if use_gpu is None else use_gpu
+    if use_gpu:
+        cpus = float(cpus_per_worker or gpu_worker_cpus)
+        return RetrainScaling(num_workers or max(1, gpus), True, {"CPU": cpus, "GPU": 1.0}, max(1, math.floor(cpus)))
+    node_cpus = max((float(n.get("CPU", 0.0)) for n in nodes), default=1.0)
+    cpus = float(cpus_per_worker or max(1.0, node_cpus))
+    return RetrainScaling(num_workers or 1, False, {"CPU": cpus}, max(1, math.floor(cpus)))
 
 
 def retrain(
@@ -45,55 +90,82 @@ def retrain(
     epochs: int,
     out_dir: str | Path,
     *,
+    schedule_epochs: int | None = None,
     use_gpu: bool | None = None,
     num_workers: int | None = None,
     cpus_per_worker: float | None = None,
     cv_metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     storage_path: str | Path | None = None,
+    show_progress: bool | None = None,
 ) -> Path:
-    """Train `cfg.train_config(params)` on all of `data` (a CellData or a Ray ObjectRef to one) for `epochs` and
-    save the checkpoint to `out_dir`. Returns `out_dir`.
+    """Train `cfg.train_config(params)` on all of `data` (a CellData or a Ray ObjectRef to one) for `epochs` epochs
+    of a schedule `schedule_epochs` long (default: `epochs`) and save the checkpoint to `out_dir`. Returns `out_dir`.
 
-    use_gpu: None = when the cluster has a GPU. num_workers: None = one per cluster GPU (DDP when > 1), else 1.
+    Resources: `retrain_scaling` of the connected cluster (use_gpu / num_workers / cpus_per_worker override it).
     cv_metrics (the winner's cross-validation numbers) and the retrain's own train metrics go into the checkpoint's
-    metrics; `provenance` as given. Needs `ray.init()` done (search.run's, or the CLI's).
+    metrics; `provenance` as given. Needs `ray.init()` done (search.run's, or the CLI's). `show_progress`: None =
+    a bar when stderr is a terminal.
     """
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
-    if epochs < 1:
-        raise ConfigError(f"retrain epochs must be >= 1, got {epochs}")
+    from search.resources import ray_cluster
+
+    schedule_epochs = int(schedule_epochs or epochs)
+    if epochs < 1 or schedule_epochs < epochs:
+        raise ConfigError(f"retrain epochs must be in [1, {schedule_epochs}] (the schedule's length), got {epochs}")
     if not ray.is_initialized():
         ray.init()
     out_dir = Path(out_dir).resolve()
-    config = cfg.train_config(params, epochs=int(epochs))
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = gpus >= 1 if use_gpu is None else use_gpu
-    workers = num_workers or (max(1, gpus) if use_gpu else 1)
-    cpus = cpus_per_worker or max(1.0, cfg.resources.cpus_per_fold)
+    config = cfg.train_config(params, epochs=schedule_epochs)
+    scaling = retrain_scaling(
+        ray_cluster().nodes,
+        use_gpu=use_gpu,
+        num_workers=num_workers,
+        cpus_per_worker=cpus_per_worker,
+        gpu_worker_cpus=max(1.0, cfg.resources.cpus_per_fold),
+    )
     ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
     storage = Path(storage_path).resolve() if storage_path else out_dir.parent
     storage.mkdir(parents=True, exist_ok=True)
     name = f".ray-retrain-{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = Queue(actor_options={"num_cpus": 0})
+    where = f"{scaling.workers} GPU worker(s)" if scaling.use_gpu else f"{scaling.threads} CPU thread(s)"
+    print(f"retrain: {epochs} epochs (schedule {schedule_epochs}) on {where}", flush=True)
 
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
             "data": ref,
             "config": dataclasses.asdict(config),
+            "run_epochs": int(epochs),
+            "threads": scaling.threads,
             "cv_metrics": cv_metrics or {},
             "provenance": provenance or {},
+            "progress": progress,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker
+        ),
         run_config=RunConfig(name=name, storage_path=str(storage)),
     )
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_show_progress, args=(progress, int(epochs), stop, show_progress), daemon=True, name="retrain-bar"
+    )
+    watcher.start()
     try:
         result = trainer.fit()
     except Exception as e:
         _raise_user_error(e)
         raise
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+        ray.kill(progress.actor)  # type: ignore[arg-type]
     if result.checkpoint is None:
         raise CellnetError(f"retrain finished without a checkpoint (Ray Train run {storage / name})")
     with tempfile.TemporaryDirectory(prefix=".retrain-", dir=storage) as tmp:
@@ -111,6 +183,24 @@ def retrain(
         )
     shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
     return out_dir
+
+
+def _show_progress(queue: Any, epochs: int, stop: threading.Event, enabled: bool | None) -> None:
+    """The retrain's bar, fed by rank 0's per-epoch metrics: epoch, loss, images/s, ETA (tqdm's, from epoch times)."""
+    from ray.util.queue import Empty
+
+    from cellnet.progress import progress_bar
+
+    with progress_bar(epochs, "retrain", "epoch", enabled=enabled) as bar:
+        while not stop.is_set() and bar.n < epochs:
+            try:
+                m = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            except Exception:  # the queue actor is gone: the retrain ended or failed; fit() reports which
+                return
+            bar.set_postfix(loss=f"{m['train_loss']:.3f}", img_s=f"{m['images_per_s']:.0f}", refresh=False)
+            bar.update(int(m["epoch"]) - bar.n)
 
 
 def _raise_user_error(error: BaseException) -> None:
@@ -137,6 +227,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ["CELLNET_NUM_THREADS"] = str(loop_config["threads"])
     data = loop_config["data"]
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     config = TrainConfig(**loop_config["config"])
@@ -154,15 +245,19 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     else:
         trainer = Trainer(config, data, None, device=str(device))
 
+    run_epochs = int(loop_config["run_epochs"])
+    progress = loop_config["progress"] if rank == 0 else None
     metrics: dict[str, float] = {}
-    for _ in range(config.epochs):
+    for _ in range(run_epochs):
         m = trainer.train_epoch()
         metrics = {k: float(m[k]) for k in ("epoch", "train_loss", "train_accuracy", "lr", "images_per_s")}
         if world > 1:  # mean loss/accuracy over equal shards, summed throughput
             t = torch.tensor([metrics["train_loss"], metrics["train_accuracy"], metrics["images_per_s"]])
             torch.distributed.all_reduce(t)
             metrics.update(train_loss=float(t[0]) / world, train_accuracy=float(t[1]) / world, images_per_s=float(t[2]))
-        if trainer.epoch < config.epochs:
+        if progress is not None:
+            progress.put_nowait(metrics)
+        if trainer.epoch < run_epochs:
             ray.train.report(metrics)
 
     model = trainer.model.module if isinstance(trainer.model, _DDP) else trainer.model
@@ -171,7 +266,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             retrain_metrics = {
                 **{k: v for k, v in metrics.items() if k != "epoch"},
-                "epochs": config.epochs,
+                "epochs": run_epochs,
+                "schedule_epochs": config.epochs,
                 "num_images": len(data) * world,
                 "workers": world,
             }
@@ -244,11 +340,12 @@ def retrain_run(
         shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
         raise CellnetError(f"{run_dir / TRIALS_CSV}: no trial {trial_id!r}; valid trial ids: {shown}")
     row = rows.iloc[0]
+    schedule: int | None = None
     if epochs is None:
         if cfg.retrain.epochs != "best":
             epochs = int(cfg.retrain.epochs)
         elif _finite(row.get("best_epoch")):
-            epochs = int(row["best_epoch"])
+            epochs, schedule = int(row["best_epoch"]), cfg.search.max_epochs
         else:
             raise CellnetError(
                 f"trial {trial_id} ({row['status']}) has no scored epoch to take the epoch count from; pass --epochs N"
@@ -269,20 +366,19 @@ def retrain_run(
     if started:
         ray.init()
     try:
-        return retrain(cfg, params, data, epochs, out, cv_metrics=checkpoint_metrics(row), provenance=prov)
+        return retrain(
+            cfg,
+            params,
+            data,
+            epochs,
+            out,
+            schedule_epochs=schedule,
+            cv_metrics=checkpoint_metrics(row),
+            provenance=prov,
+        )
     finally:
         if started:
             ray.shutdown()
-
-
-def load_search_data(cfg: ExperimentConfig) -> CellData:
-    """The data a search trained on: `data.source` at `data.image_size`, cleaned when `data.clean`."""
-    from cellnet.data import clean, load
-
-    data = load(cfg.data.source, cfg.data.image_size)
-    if cfg.data.clean:
-        data, _ = clean(data)
-    return data
 
 
 def _finite(value: Any) -> bool:
@@ -300,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="the search's run directory (with search_config.yaml and trials.csv)")
     parser.add_argument("--trial", required=True, help="trial id (column trial_id of trials.csv)")
     parser.add_argument(
-        "--epochs", type=int, help="epochs (default: retrain.epochs of the config; 'best' = the trial's)"
+        "--epochs",
+        type=int,
+        help="a fresh N-epoch schedule (default: retrain.epochs of the config; 'best' = the searched schedule "
+        "stopped at the trial's best epoch)",
     )
     parser.add_argument("--out", help="checkpoint directory (default: RUN_DIR/retrained/TRIAL)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")

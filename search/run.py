@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from ray import cloudpickle
 
 from cellnet.config import ExperimentConfig, load_config
 from cellnet.errors import CellnetError, ConfigError
+from cellnet.files import write_text
 from search import resources
 from search.space import check_points, describe
 
@@ -112,9 +112,7 @@ def check_writable(run_dir: Path) -> None:
 
 
 def write_yaml(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) -> None:
@@ -269,27 +267,6 @@ def unfinished(grid: Any) -> int:
 # The search
 
 
-def load_data(cfg: ExperimentConfig) -> tuple[Any, list[tuple[Any, Any]], Any]:
-    """Cleaned search data, its folds, and the --test data with images that leak from the search data dropped."""
-    from cellnet.data import find_duplicates_between, folds, load
-    from search.retrain import load_search_data
-
-    data = load_search_data(cfg)
-    splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
-    test = None
-    if cfg.data.test:
-        test = load(cfg.data.test, cfg.data.image_size)
-        leaks = find_duplicates_between(data, test)
-        if len(leaks):
-            keep = np.setdiff1d(np.arange(len(test)), leaks)
-            print(
-                f"warning: {len(leaks)} of {len(test)} --test images duplicate search images; dropped from the test "
-                f"set (e.g. {', '.join(str(test.ids[i]) for i in leaks[:5])})"
-            )
-            test = test.subset(keep)
-    return data, splits, test
-
-
 def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any = None) -> int:
     """The whole search for parsed `args`; `tell_pruned` and `stopper` go to `tuner_for`."""
     cfg, run_dir = resolve(args)
@@ -310,8 +287,10 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         resources.plan(cfg, resources.local_cluster())  # impossible requests fail before Ray starts
     check_writable(run_dir)
     started = time.time()
-    data, splits, test = load_data(cfg)
+    from search.data import load_data
     from search.trainable import share_ray_address
+
+    loaded = load_data(cfg)
 
     owns_ray = connect(args.address, args.debug)
     previous_env = share_ray_address()
@@ -320,13 +299,13 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         resources.storage_probe(str(run_dir))
         print("\n".join(["resource plan:", *plan.describe()]))
         write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
-        refs = {"data": ray.put(data), "folds": ray.put(splits)}
+        refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds)}
         grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper).fit()
         left = unfinished(grid)
         if left:
             print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
             return 130
-        finish(cfg, run_dir, grid, data, test, refs, time.time() - started, retrain_winner=not args.no_retrain)
+        finish(cfg, run_dir, grid, loaded, refs, time.time() - started, retrain_winner=not args.no_retrain)
     finally:
         if owns_ray:
             disconnect(previous_env)
@@ -337,18 +316,18 @@ def finish(
     cfg: ExperimentConfig,
     run_dir: Path,
     grid: Any,
-    data: Any,
-    test: Any,
+    loaded: Any,
     refs: dict[str, Any],
     wall_time_s: float,
     *,
     retrain_winner: bool = True,
 ) -> None:
-    """Outputs of a finished search: tables, plots, leaderboard, then the winner retrained and tested."""
+    """Outputs of a finished search: tables, plots, leaderboard; then what `retrain.mode` deploys from the winner
+    (its fold ensemble and out-of-fold predictions, search/winner.py; the refit, search/retrain.py), tested."""
     from search.provenance import provenance
     from search.results import records_from_result_grid, update_summary, write_outputs
-    from search.retrain import retrain
 
+    data, test = loaded.data, loaded.test
     prov = provenance(
         data,
         seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config().seed},
@@ -364,37 +343,115 @@ def finish(
         num_classes=len(data.classes),
         wall_time_s=wall_time_s,
         provenance=prov,
+        test=loaded.test_summary(cfg.data.test),
     )
     print()
     print(out.leaderboard)
-    if not retrain_winner or out.best_params is None or out.retrain_epochs is None:
-        if out.best_trial_id is not None:
+    if out.best_trial_id is None or out.best_params is None or out.best_epoch is None:
+        return
+    from search.winner import prune_fold_files
+
+    prov = {**prov, "trial_id": out.best_trial_id}
+    sections: dict[str, Any] = {}
+    deployed: dict[str, Path] = {}
+    mode = cfg.retrain.mode
+    if mode in ("folds", "both"):
+        deployed["folds"], sections["folds"] = deploy_fold_ensemble(
+            cfg, run_dir, out, loaded, run_dir / ("best" if mode == "folds" else "best_folds"), prov
+        )
+    if mode in ("refit", "both"):
+        if not retrain_winner or out.retrain_epochs is None:
             print(
                 "\nwinner not retrained (--no-retrain); to do it: "
                 f"python -m search.retrain {run_dir} --trial {out.best_trial_id} --out {run_dir / 'best'}"
             )
-        return
-    print(f"\nretraining {out.best_trial_id} on all {len(data)} images for {out.retrain_epochs} epochs ...")
-    path = retrain(
-        cfg,
-        out.best_params,
-        refs["data"],
-        out.retrain_epochs,
-        run_dir / "best",
-        cv_metrics=out.checkpoint_metrics,
-        provenance={**prov, "trial_id": out.best_trial_id},
-        storage_path=run_dir / "retrain",
-    )
-    sections: dict[str, Any] = {"retrain": {"checkpoint": str(path), "epochs": out.retrain_epochs}}
-    print(f"winner saved to {path}")
-    if test is not None:
-        from cellnet.checkpoint import load_checkpoint
-        from cellnet.evaluate import evaluate, summary_table
+        else:
+            from search.retrain import retrain
 
-        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / "test", where=cfg.data.test or "test")
-        sections["test"] = {k: metrics[k] for k in ("clean",) if k in metrics} | {"source": cfg.data.test}
-        print(f"\ntest set ({cfg.data.test}, {len(test)} images):\n{summary_table(metrics)}")
+            print(f"\nretraining {out.best_trial_id} on all {len(data)} images ...")
+            path = retrain(
+                cfg,
+                out.best_params,
+                refs["data"],
+                out.retrain_epochs,
+                run_dir / "best",
+                schedule_epochs=out.retrain_schedule_epochs,
+                cv_metrics=out.checkpoint_metrics,
+                provenance=prov,
+                storage_path=run_dir / "retrain",
+            )
+            deployed["refit"] = path
+            sections["retrain"] = {
+                "checkpoint": str(path),
+                "epochs": out.retrain_epochs,
+                "schedule_epochs": out.retrain_schedule_epochs,
+            }
+            print(f"winner saved to {path}")
+    prune_fold_files(run_dir, out.best_trial_id, out.best_epoch)
+    if test is not None and deployed:
+        sections["test"] = {**(loaded.test_summary(cfg.data.test) or {}), **test_deployed(cfg, run_dir, deployed, test)}
     update_summary(run_dir, **sections)
+
+
+def deploy_fold_ensemble(
+    cfg: ExperimentConfig, run_dir: Path, out: Any, loaded: Any, dest: Path, provenance: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """The winner's k fold models: oof.npz, and the ensemble checkpoint at `dest`. Returns (dest, summary)."""
+    from cellnet.checkpoint import save_checkpoint
+    from search.winner import OOF_FILE, ensemble, load_fold_models, out_of_fold, save_oof, trial_folds_dir
+
+    data = loaded.data
+    config = cfg.train_config(out.best_params, epochs=cfg.search.max_epochs)
+    members = load_fold_models(
+        config, trial_folds_dir(run_dir, out.best_trial_id), cfg.cv.folds, out.best_epoch, len(data.classes)
+    )
+    oof = out_of_fold(members, config, data, loaded.folds)
+    save_oof(run_dir / OOF_FILE, oof, data.classes, out.best_trial_id, out.best_epoch)
+    model = ensemble(members)
+    from cellnet.model import model_normalisation
+
+    mean, std = model_normalisation(model)
+    metrics = {**(out.checkpoint_metrics or {}), "oof_accuracy": oof.accuracy(), "members": len(members)}
+    path = save_checkpoint(
+        dest,
+        model,
+        config=config,
+        classes=data.classes,
+        image_size=data.image_size,
+        mean=mean,
+        std=std,
+        metrics=metrics,
+        provenance={**provenance, "fold_epoch": out.best_epoch},
+    )
+    print(
+        f"fold ensemble ({len(members)} members, epoch {out.best_epoch}) saved to {path}; oof accuracy "
+        f"{oof.accuracy():.4f} ({run_dir / OOF_FILE})"
+    )
+    return path, {
+        "checkpoint": str(path),
+        "members": len(members),
+        "epoch": out.best_epoch,
+        "oof": str(run_dir / OOF_FILE),
+        "oof_accuracy": oof.accuracy(),
+    }
+
+
+def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: Any) -> dict[str, Any]:
+    """Each deployed checkpoint scored once on the held-out --test set (reported, never used to choose anything)."""
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.evaluate import evaluate, summary_table
+
+    section: dict[str, Any] = {}
+    for name, path in deployed.items():
+        where = cfg.data.test or "test"
+        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where)
+        section[name] = metrics["clean"]
+        print(f"\ntest set, {name} ({where}, {len(test)} images):\n{summary_table(metrics)}")
+    if "refit" in section:  # `clean` stays the deployed best/'s numbers, as before
+        section["clean"] = section["refit"]
+    elif "folds" in section:
+        section["clean"] = section["folds"]
+    return section
 
 
 def main(argv: Sequence[str] | None = None, *, tell_pruned: bool = True, stopper: Any = None) -> int:

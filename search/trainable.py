@@ -6,11 +6,19 @@
               models, no DDP); after every epoch they all_gather their metrics over gloo, and every rank calls
               ray.train.report with the same fold-mean metrics (rank 0's reach Tune through TuneReportCallback).
 
-Checkpoints: every `search.checkpoint_every` epochs, at ASHA rung epochs and at the end each worker writes
-`fold_<i>.pt` (Trainer.state_dict) and reports it; Ray Train merges the ranks' files into one checkpoint directory
-under `<run_dir>/train/<trial_id>/`, keeping only the latest. A restarted worker group (worker died: Train
-FailureConfig; search resumed: same Train run name) continues from it. `training_iteration` is reported as the epoch,
-so Tune, ASHA and Optuna count epochs, not reports, across restarts.
+Checkpoints: at ASHA rung epochs, at the end and (if set) every `search.checkpoint_every` epochs each worker
+writes `fold_<i>.pt` (Trainer.state_dict, tensors and plain values only: read back with `weights_only=True`) and
+reports it; Ray Train merges the ranks' files into one checkpoint directory under `<run_dir>/train/<trial_id>/`,
+keeping only the latest. A restarted worker group (worker died: Train FailureConfig; search resumed: same Train run
+name) continues from it. `training_iteration` is reported as the epoch, so Tune, ASHA and Optuna count epochs, not
+reports, across restarts.
+
+Fold models (the fold ensemble and out-of-fold predictions of the winner, search/winner.py): the folds run in lock
+step, so "the trial's best epoch" is one epoch for all folds: the first epoch with the best fold-mean search metric,
+the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its fold's weights to
+`<run_dir>/train/<trial_id>/folds/fold_<i>_epoch<e>.safetensors`; after a barrier (all folds written) the epoch is
+reported, and only then the fold's previous best file is deleted. So whichever moment a trial is stopped (ASHA, time
+budget, lost node), the files of the best epoch Tune has seen exist for every fold.
 
 Divergence (NaN loss) is deterministic, so it must not be retried: the workers catch DivergedError, stop together,
 rank 0 records the reason in `<run_dir>/train/<trial_id>/diverged.json`, and the trial driver raises DivergedError
@@ -34,11 +42,13 @@ import ray
 import ray.train
 
 from cellnet.config import ExperimentConfig
-from cellnet.errors import DivergedError
+from cellnet.errors import CheckpointError, DivergedError
+from cellnet.files import atomic_path, write_json
 from search.resources import ResourcePlan
 
 FAULT_ENV = "CELLNET_FAULT_KILL_WORKER"  # test-only: marker path; the last fold worker SIGKILLs itself once at epoch 2
 FAULT_EPOCH = 2
+FOLDS_DIR = "folds"
 TRAIN_RETRIES = 2  # worker-group restarts per trial (worker or node lost), each from the latest checkpoint
 DIVERGED_FILE = "diverged.json"
 PER_FOLD = ("accuracy", "macro_f1", "val_loss", "train_loss", "train_accuracy")
@@ -127,11 +137,17 @@ def fold_worker(loop: dict[str, Any]) -> None:
     config = TrainConfig(**loop["train_config"])
     device = str(get_device()) if loop["use_gpu"] else "cpu"
     trainer = Trainer(config, data.subset(train_idx), data.subset(val_idx), device=device)
+    metric, mode = loop["metric"], loop["mode"]
+    folds_dir = Path(loop["trial_dir"]) / FOLDS_DIR
+    best: float | None = None  # the lock-step best value of the search metric so far
+    best_file: Path | None = None
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / f"fold_{rank}.pt", weights_only=False))
+            state = read_fold_state(Path(d) / f"fold_{rank}.pt")
+        trainer.load_state_dict(state)
+        best = state.get("lockstep_best")
 
     node = ray.get_runtime_context().get_node_id()
     max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
@@ -154,25 +170,67 @@ def fold_worker(loop: dict[str, Any]) -> None:
         errors = [f"fold {i}: {e}" for i, (_, e, _, _) in enumerate(gathered) if e]
         if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
             if rank == 0:
-                _write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
+                Path(loop["trial_dir"]).mkdir(parents=True, exist_ok=True)
+                write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
             return
         startups = [g[3] for g in gathered if g[3] is not None]
         slowest = max(startups, key=lambda t: t[1]) if startups else None
         metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], slowest)
         epoch = trainer.epoch
-        if epoch % every == 0 or epoch in rungs or epoch == max_epochs:
+        previous = None
+        if improves(metrics.get(metric), best, mode):
+            best, previous = float(metrics[metric]), best_file
+            best_file = save_fold_model(folds_dir, rank, epoch, trainer.core, metric=metric, value=best)
+            dist.barrier()  # every fold's file of this epoch exists before the epoch is reported
+        if (every and epoch % every == 0) or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(trainer.state_dict(), Path(tmp) / f"fold_{rank}.pt")
+                torch.save({**trainer.state_dict(), "lockstep_best": best}, Path(tmp) / f"fold_{rank}.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+        if previous is not None and previous != best_file:
+            previous.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+def improves(value: Any, best: float | None, mode: str) -> bool:
+    """Is `value` a new best? Strictly better only, so the first of equal epochs stays the best (as in trials.csv)."""
+    if value is None or not np.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fold_model_path(folds_dir: Path, rank: int, epoch: int) -> Path:
+    return folds_dir / f"fold_{rank}_epoch{epoch}.safetensors"
+
+
+def save_fold_model(folds_dir: Path, rank: int, epoch: int, model: Any, *, metric: str, value: float) -> Path:
+    """The fold's weights at `epoch` (safetensors, atomically), tagged with the epoch and the metric value."""
+    from safetensors.torch import save_file
+
+    folds_dir.mkdir(parents=True, exist_ok=True)
+    path = fold_model_path(folds_dir, rank, epoch)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "cellnet-fold", "fold": str(rank), "epoch": str(epoch), "metric": metric, "value": repr(value)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def read_fold_state(path: Path) -> dict[str, Any]:
+    """A fold worker's checkpointed Trainer state, read without unpickling code (torch `weights_only=True`): the run
+    directory is shared storage, and whoever can write it must not gain code execution on every node."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for anything but tensors and plain data
+        raise CheckpointError(
+            f"{path}: not a plain tensor/state file ({type(e).__name__}); refusing to load it "
+            "(fold checkpoints never contain Python objects)"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise CheckpointError(f"{path}: not a cellnet fold checkpoint")
+    return state
 
 
 def diverged_reason(trial_dir: Path) -> str | None:
@@ -222,6 +280,8 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
             "train_config": dataclasses.asdict(train_config),
             "max_epochs": cfg.search.max_epochs,
             "checkpoint_every": cfg.search.checkpoint_every,
+            "metric": cfg.search.metric,
+            "mode": cfg.search.mode,
             "rungs": rung_epochs(cfg),
             "threads": plan.threads_per_fold,
             "use_gpu": plan.gpus_per_fold > 0,

@@ -18,6 +18,7 @@ from cellnet.checkpoint import META, WEIGHTS, load_checkpoint, save_checkpoint
 from cellnet.config import TrainConfig
 from cellnet.data.synthetic import generate
 from cellnet.errors import CheckpointError
+from cellnet.model import FoldEnsemble
 from cellnet.train import FitResult, fit, predict_proba
 
 CFG = TrainConfig(backbone="test_efficientnet", epochs=1, batch_size=16, head_layers=1, head_width=32, input_size=40)
@@ -159,3 +160,105 @@ def test_save_checks_classes_and_loads_without_pretrained_weights(
     assert not (tmp_path / "bad").exists()
     path = _save(result, tmp_path / "ok", config=replace(result.config, pretrained=True, weights_file="/nowhere"))
     assert load_checkpoint(path).config.pretrained  # rebuilt with pretrained=False: no weights needed to load
+
+
+def _ensemble(result: FitResult, k: int = 3) -> FoldEnsemble:
+    """k members that really differ (the trained model plus re-initialised copies)."""
+    from cellnet.model import build_model
+
+    members = [result.model]
+    for seed in range(1, k):
+        torch.manual_seed(seed)
+        members.append(build_model(result.config, 8).eval())
+    return FoldEnsemble(members).eval()
+
+
+def test_ensemble_predicts_the_mean_of_its_members(trained: tuple[FitResult, np.ndarray], tmp_path: Path) -> None:
+    from cellnet.predict import predict_images
+
+    result, images = trained
+    ens = _ensemble(result)
+    path = save_checkpoint(
+        tmp_path / "ens",
+        ens,
+        config=result.config,
+        classes=tuple(f"class{i}" for i in range(8)),
+        image_size=32,
+        mean=result.mean,
+        std=result.std,
+        metrics={},
+    )
+    ck = load_checkpoint(path)
+    assert isinstance(ck.model, FoldEnsemble) and ck.members == 3 and ck.meta["ensemble"]["members"] == 3
+    got = predict_images(ck, images)
+    kw = {"mean": ck.mean, "std": ck.std, "input_size": ck.input_size}
+    members = [predict_proba(m, images, **kw) for m in ck.model.members]  # type: ignore[arg-type]
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # the members differ ...
+    np.testing.assert_allclose(got, np.mean(members, axis=0), atol=1e-5)  # ... and the ensemble is their mean
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    tta = predict_images(ck, images, tta=True)  # TTA works on it unchanged
+    assert tta.shape == got.shape and np.allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_broken_or_partial_ensemble_checkpoints_raise(trained: tuple[FitResult, np.ndarray], tmp_path: Path) -> None:
+    result, _ = trained
+    classes = tuple(f"class{i}" for i in range(8))
+    kw = dict(config=result.config, classes=classes, image_size=32, mean=result.mean, std=result.std, metrics={})
+    p = save_checkpoint(tmp_path / "e1", _ensemble(result), **kw)  # type: ignore[arg-type]
+    meta = json.loads((p / META).read_text())
+    meta["ensemble"]["members"] = 5
+    (p / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"declares 5 members .* holds 3 \(members 0-2\)"):
+        load_checkpoint(p)
+    p = save_checkpoint(tmp_path / "e2", _ensemble(result), **kw)  # type: ignore[arg-type]
+    _rewrite_weights(p, {k: None for k in load_file(str(p / WEIGHTS)) if k.startswith("members.2.")})
+    with pytest.raises(CheckpointError, match=r"declares 3 members .* holds 2"):
+        load_checkpoint(p)
+    p = save_checkpoint(tmp_path / "e3", _ensemble(result), **kw)  # type: ignore[arg-type]
+    meta = json.loads((p / META).read_text())
+    meta["ensemble"] = None
+    (p / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="holds an ensemble of 3 members but"):
+        load_checkpoint(p)
+    meta["ensemble"] = {"members": "three"}
+    (p / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="ensemble.members must be a positive integer"):
+        load_checkpoint(p)
+
+
+def test_replacement_never_leaves_the_destination_missing(
+    trained: tuple[FitResult, np.ndarray], tmp_path: Path
+) -> None:
+    """A reader polling the checkpoint while it is replaced again and again always finds a complete one."""
+    import threading
+
+    from cellnet.files import replace_dir
+
+    result, _ = trained
+    path = _save(result, tmp_path / "ckpt", metrics={"run": 0})
+    missing: list[int] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+                missing.append(1)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for run in range(1, 15):
+            _save(result, path, metrics={"run": run})
+    finally:
+        done.set()
+        reader.join()
+    assert load_checkpoint(path).metrics == {"run": 14}
+    assert missing == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("new")
+    (b / "x").write_text("old")
+    assert replace_dir(a, b) == "exchange"  # Linux: one atomic swap, not two renames
+    assert (b / "x").read_text() == "new" and not a.exists()

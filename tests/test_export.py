@@ -85,3 +85,37 @@ def test_resize_to_input_size_is_inside_the_graph(trained, tmp_path: Path) -> No
     )
     np.testing.assert_allclose(got[0], predict_images(up, images), atol=1e-5)
     assert not np.allclose(got[0], predict_images(ckpt, images), atol=1e-3)  # the resize really happened
+
+
+def test_ensemble_exports_as_one_graph_averaging_its_members(trained, tmp_path: Path) -> None:
+    """A fold-ensemble checkpoint exports to one ONNX graph whose output is the mean of the members' softmax."""
+    import torch
+
+    from cellnet.checkpoint import save_checkpoint
+    from cellnet.model import FoldEnsemble, build_model
+
+    ckpt_dir, _ = trained
+    single = load_checkpoint(ckpt_dir)
+    torch.manual_seed(5)
+    other = build_model(single.config, len(single.classes)).eval()
+    ens_dir = save_checkpoint(
+        tmp_path / "ens",
+        FoldEnsemble([single.model, other]),
+        config=single.config,
+        classes=single.classes,
+        image_size=single.image_size,
+        mean=single.mean,
+        std=single.std,
+        metrics={},
+    )
+    ens = load_checkpoint(ens_dir)
+    out = tmp_path / "ens.onnx"
+    assert main(["export", "--checkpoint", str(ens_dir), "--out", str(out), "--tolerance", "1e-5"]) == 0
+    images = generate(n=40, image_size=TINY_SIZE, seed=22).images[:6]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.astype(np.float32)})[0]
+    members = [predict_images(load_checkpoint(ckpt_dir), images)]
+    single.model = other
+    members.append(predict_images(single, images))
+    np.testing.assert_allclose(got, np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(got, predict_images(ens, images), atol=1e-5)

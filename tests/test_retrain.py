@@ -46,6 +46,23 @@ def test_shard_is_equal_and_covers_everything(data):
     assert ids == set(data.ids)
 
 
+def test_cpu_retrain_asks_for_every_cpu_of_the_largest_node():
+    """On CPU the retrain runs alone after the search: one worker with the whole (largest) node, as many threads."""
+    two_core = rt.retrain_scaling([{"CPU": 2.0}])
+    assert (two_core.workers, two_core.use_gpu, two_core.resources_per_worker, two_core.threads) == (
+        1,
+        False,
+        {"CPU": 2.0},
+        2,
+    )
+    cluster = rt.retrain_scaling([{"CPU": 4.0}, {"CPU": 16.0}, {"CPU": 8.0}])
+    assert cluster.resources_per_worker == {"CPU": 16.0} and cluster.threads == 16
+    assert rt.retrain_scaling([{"CPU": 2.0}], cpus_per_worker=1).resources_per_worker == {"CPU": 1.0}
+    gpus = rt.retrain_scaling([{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}], gpu_worker_cpus=4)
+    assert (gpus.workers, gpus.use_gpu, gpus.resources_per_worker) == (4, True, {"CPU": 4.0, "GPU": 1.0})
+    assert not rt.retrain_scaling([{"CPU": 8.0, "GPU": 1.0}], use_gpu=False).use_gpu
+
+
 def test_retrain_ddp_saves_loadable_checkpoint(ray_cluster, cfg, data, tmp_path):
     """The multi-GPU code path (equal shards, DDP over gloo) with two CPU workers: a checkpoint that
     cellnet.checkpoint loads (plain weights, no DDP `module.` prefix), trained for exactly the given epochs."""
@@ -126,7 +143,9 @@ def test_cli_retrains_a_trial(ray_cluster, cfg, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
     ckpt = load_checkpoint(out)
     assert ckpt.metrics["retrain"]["workers"] == 1  # no GPU: one worker, no DDP
-    assert ckpt.config.epochs == 1  # retrain.epochs: best -> the trial's best epoch
+    # retrain.epochs: best -> the searched schedule (max_epochs long) stopped at the trial's best epoch
+    assert ckpt.metrics["retrain"]["epochs"] == 1 and ckpt.metrics["retrain"]["schedule_epochs"] == 3
+    assert ckpt.config.epochs == 3
     assert ckpt.config.lr == pytest.approx(0.002) and ckpt.config.dropout == 0.1
     assert ckpt.metrics["trial_id"] == "aaa_00000"
     assert ckpt.metrics["cv"]["cv_accuracy"] == pytest.approx(0.6)

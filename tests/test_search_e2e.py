@@ -1,4 +1,5 @@
-"""A whole search in-process on the shared Ray cluster: tiny timm models, synthetic cells, 2 folds, 4 trials.
+"""A whole search in-process on the shared Ray cluster: tiny timm models, synthetic cells, 2 folds, 4 trials,
+`retrain.mode: both` (refit in best/, fold ensemble in best_folds/) and a --test set.
 
 One deliberately poor config (points_to_evaluate, after a good one) makes ASHA stop a trial early for sure; the
 test then checks that every output agrees with Tune's view and with Optuna's.
@@ -38,6 +39,7 @@ SPACE: dict[str, Any] = {
         "points_to_evaluate": [GOOD, POOR],
     },
     "resources": {"cpus_per_fold": 1},
+    "retrain": {"mode": "both"},
     "space": {
         "backbone": {"choice": ["test_resnet", "test_efficientnet"]},
         "head_layers": {"int": [0, 1]},
@@ -56,7 +58,7 @@ def run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     space = root / "e2e.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     run_dir = root / "run"
-    assert main([str(space), "--storage", str(run_dir)]) == 0
+    assert main([str(space), "--storage", str(run_dir), "--test", "synthetic:64"]) == 0
     return run_dir
 
 
@@ -81,9 +83,9 @@ def test_outputs_exist_and_agree(run: Path) -> None:
 
     summary = json.loads((run / "summary.json").read_text())
     meta = json.loads((run / "best" / "cellnet.json").read_text())
-    # the retrained winner is the best trial's config, trained for the winner's best epoch count
-    assert {**meta["config"], "epochs": None} == {**summary["best"]["config"], "epochs": None}
-    assert meta["config"]["epochs"] == summary["best"]["retrain_epochs"]
+    # the retrained winner is the best trial's config: the searched schedule, stopped at the winner's best epoch
+    assert meta["config"] == summary["best"]["config"] and meta["config"]["epochs"] == SPACE["search"]["max_epochs"]
+    assert meta["metrics"]["retrain"]["epochs"] == summary["best"]["retrain_epochs"] == summary["best"]["best_epoch"]
     assert summary["best"]["trial_id"] in set(trials["trial_id"])
     assert summary["provenance"]["data_hash"] and summary["provenance"]["seeds"]["search"] == 0
 
@@ -95,6 +97,63 @@ def test_outputs_exist_and_agree(run: Path) -> None:
             assert all(len(str(n).split(",")) == 2 for n in progress["node_ids"])
             mean = progress[["fold0_accuracy", "fold1_accuracy"]].mean(axis=1)
             assert np.allclose(mean, progress["cv_accuracy"])
+
+
+def test_fold_ensemble_and_out_of_fold_predictions(run: Path) -> None:
+    """oof.npz scores every training image exactly once, by the fold model that did not train on it; best_folds/ is
+    those fold models as one ensemble; only the winner's fold files are kept."""
+    import torch
+
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.config import load_config
+    from cellnet.data import folds
+    from cellnet.model import FoldEnsemble
+    from search.data import load_search_data
+
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = load_config(run / "search_config.yaml")
+    data = load_search_data(cfg)
+    splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed)
+    oof = np.load(run / "oof.npz", allow_pickle=False)
+    assert list(oof["ids"]) == [str(i) for i in data.ids]  # every image, once, in data order
+    assert (oof["labels"] == data.labels).all() and oof["logits"].shape == (len(data), len(data.classes))
+    assert str(oof["trial_id"]) == summary["best"]["trial_id"] and int(oof["epoch"]) == summary["best"]["best_epoch"]
+    ens = load_checkpoint(run / "best_folds")
+    assert isinstance(ens.model, FoldEnsemble) and ens.members == cfg.cv.folds
+    for i, (train_idx, val_idx) in enumerate(splits):
+        assert (oof["fold"][val_idx] == i).all()  # scored by member i, which trained on train_idx only
+        assert not set(data.ids[val_idx]) & set(data.ids[train_idx])
+        x = torch.from_numpy(data.images[val_idx[:8]])
+        from cellnet.predict import preprocess
+
+        with torch.inference_mode():
+            z = ens.model.members[i](preprocess(x, image_size=32, input_size=None, mean=ens.mean, std=ens.std))
+        np.testing.assert_allclose(z.numpy(), oof["logits"][val_idx[:8]], atol=1e-4)
+    acc = float((oof["logits"].argmax(1) == oof["labels"]).mean())
+    assert acc == pytest.approx(summary["folds"]["oof_accuracy"])
+    # pooled out-of-fold accuracy = the cv_accuracy the winner was ranked by (up to unequal fold sizes)
+    assert acc == pytest.approx(summary["best"]["cv"]["cv_accuracy"], abs=0.02)
+    kept = sorted(p.parent.parent.name for p in (run / "train").glob("*/folds/*.safetensors"))
+    assert kept == [summary["best"]["trial_id"]] * cfg.cv.folds
+
+
+def test_test_set_scores_both_deployed_models(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    test = summary["test"]
+    assert test["source"] == "synthetic:64" and test["leaks_dropped"]["count"] == len(test["leaks_dropped"]["ids"])
+    from cellnet.data import load
+
+    assert test["n"] + test["leaks_dropped"]["count"] == len(load("synthetic:64", 32))
+    for name in ("refit", "folds"):
+        assert 0.0 <= test[name]["accuracy"] <= 1.0 and test[name]["n"] == test["n"]
+    assert (run / "report" / "test_refit" / "metrics.json").is_file()
+
+
+def test_optuna_is_told_the_best_epoch_value(run: Path) -> None:
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    completed = trials[trials["status"] == "completed"]
+    told = sorted(t.value for t in optuna_trials(run) if t.state == TrialState.COMPLETE)
+    assert told == pytest.approx(sorted(completed["cv_accuracy"]))  # best epoch, the leaderboard's number
 
 
 def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(run: Path) -> None:

@@ -99,7 +99,7 @@ def test_points_to_evaluate_come_first_and_are_checked() -> None:
 @pytest.mark.parametrize("tell_pruned", [True, False])
 def test_early_stopped_trial_reaches_optuna_as_pruned(tell_pruned: bool) -> None:
     s = make_searcher(config(), tell_pruned=tell_pruned)
-    curves = {"stopped": [0.3, 0.35], "full": [0.4, 0.5, 0.6, 0.7], "errored": [0.2], "diverged": [], "first": [0.1]}
+    curves = {"stopped": [0.3, 0.35], "full": [0.4, 0.7, 0.6, 0.5], "errored": [0.2], "diverged": [], "first": [0.1]}
     for tid, values in curves.items():
         s.suggest(tid)
         for epoch, v in enumerate(values, start=1):
@@ -113,12 +113,33 @@ def test_early_stopped_trial_reaches_optuna_as_pruned(tell_pruned: bool) -> None
     stopped, full, errored, diverged, first = (by_state[i] for i in range(5))
     assert stopped.state == (TrialState.PRUNED if tell_pruned else TrialState.COMPLETE)
     assert stopped.intermediate_values == {1: 0.3, 2: 0.35}
-    assert full.state == TrialState.COMPLETE and full.value == 0.7
+    # a completed trial is told its best epoch's value (what the leaderboard ranks by); Ray's way: the last one
+    assert full.state == TrialState.COMPLETE and full.value == (0.7 if tell_pruned else 0.5)
     assert errored.state == TrialState.FAIL and diverged.state == TrialState.FAIL
     if tell_pruned:
         assert first.state == TrialState.PRUNED and first.intermediate_values == {1: 0.1}
     # TPE keeps working on a study with pruned and failed trials
     s.suggest("next")
+
+
+def test_refused_tell_marks_the_trial_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = make_searcher(config())
+    s.suggest("t0")
+    for epoch, v in enumerate([0.4, 0.5, 0.6, 0.7], start=1):
+        s.on_trial_result("t0", {"cv_accuracy": v, "training_iteration": epoch})
+    real_tell = s.study.tell
+    calls: list[Any] = []
+
+    def refuse_first(trial: Any, values: Any = None, state: Any = None) -> Any:
+        calls.append(state)
+        if len(calls) == 1:
+            raise ValueError("refused")
+        return real_tell(trial, values, state=state)
+
+    monkeypatch.setattr(s.study, "tell", refuse_first)
+    s.on_trial_complete("t0", {"cv_accuracy": 0.7, "training_iteration": 4})
+    assert calls == [TrialState.COMPLETE, TrialState.FAIL]
+    assert s.study.trials[0].state == TrialState.FAIL
 
 
 def test_resource_arithmetic() -> None:

@@ -1,0 +1,73 @@
+"""The data a search runs on, loaded once by the driver (workers get it through the object store, never re-read).
+
+    data.source --load--> raw --clean--> search data (.groups: near-duplicate clusters) --folds--> k (train, val)
+                                 (data.clean: false -> nothing dropped, but the groups are still computed, so near
+                                  duplicates never straddle two folds)
+    data.test   --load--> test --drop images that duplicate any *raw* search image--> held-out test set
+                                 (raw, not cleaned: a duplicate of an image cleaning dropped is still a leak)
+
+`python -m search.retrain` rebuilds the search data with `load_search_data` (same config, same result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cellnet.config import ExperimentConfig
+from cellnet.data.dataset import CellData
+
+
+@dataclass
+class SearchData:
+    """What `load_data` returns: the search data, its folds, the test set and what the leak check dropped from it."""
+
+    data: CellData
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    test: CellData | None = None
+    leaks_dropped: list[str] = field(default_factory=list)  # ids of --test images that duplicate search images
+
+    def test_summary(self, source: str | None) -> dict[str, object] | None:
+        """summary.json's `test` section before any evaluation: the source and the leak check's result."""
+        if self.test is None:
+            return None
+        dropped = {"count": len(self.leaks_dropped), "ids": list(self.leaks_dropped)}
+        return {"source": source, "n": len(self.test), "leaks_dropped": dropped}
+
+
+def _cleaned(cfg: ExperimentConfig, raw: CellData) -> CellData:
+    from cellnet.data import clean
+
+    if cfg.data.clean:
+        return clean(raw)[0]
+    # nothing dropped, but every image gets its near-duplicate group for the grouped folds
+    return clean(raw, drop_duplicates=False, drop_conflicts=False, drop_outliers=False)[0]
+
+
+def load_search_data(cfg: ExperimentConfig) -> CellData:
+    """The data a search trained on: `data.source` at `data.image_size`, cleaned when `data.clean`, with groups."""
+    from cellnet.data import load
+
+    return _cleaned(cfg, load(cfg.data.source, cfg.data.image_size))
+
+
+def load_data(cfg: ExperimentConfig) -> SearchData:
+    """Search data, its grouped stratified folds, and the --test data with images leaking from the search dropped."""
+    from cellnet.data import find_duplicates_between, folds, load
+
+    raw = load(cfg.data.source, cfg.data.image_size)
+    data = _cleaned(cfg, raw)
+    splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
+    if not cfg.data.test:
+        return SearchData(data, splits)
+    test = load(cfg.data.test, cfg.data.image_size)
+    leaks = find_duplicates_between(raw, test)
+    dropped = [str(test.ids[i]) for i in leaks]
+    if len(leaks):
+        print(
+            f"warning: {len(leaks)} of {len(test)} --test images duplicate search images; dropped from the test "
+            f"set (e.g. {', '.join(dropped[:5])})"
+        )
+        test = test.subset(np.setdiff1d(np.arange(len(test)), leaks))
+    return SearchData(data, splits, test, dropped)
