@@ -4,9 +4,12 @@
             └─ softmax(logits / T) ─ fit_conformal ─► ConformalScores (1 - p_y and class y of every OOF image)
     OOF features (N,D) ─ ood_split ─┬─ 80%: fit_mahalanobis ─► MahalanobisStats (class means, shared precision)
                                     └─ 20%: mahalanobis_score ─ ood_threshold ─► threshold
-                                                      │
+                                                      │   (one per member of a fold ensemble: OODDetector)
                           fit_calibration ─► Calibration ─ to_meta() (JSON) + to_tensors() (arrays) ─► checkpoint
                                                       └─ apply(logits, features) ─► probs, sets, set_size, ood
+
+The OOD score is normalised: a member's squared distance divided by its threshold, averaged over the members of a
+fold ensemble (each in its own feature space), so > 1 means "out of distribution" for every checkpoint.
 
 Conformal p-values come from crepes (see docs/decisions/0005-conformal-library.md); `coverage_report`,
 `flag_report` and `ood_auroc` are the matching metrics for `cellnet evaluate`. numpy/scipy/sklearn/crepes only.
@@ -291,6 +294,76 @@ def ood_threshold(scores: Any, false_alarm: float = DEFAULT_FALSE_ALARM) -> floa
     return float(s[min(rank, len(s)) - 1])
 
 
+@dataclass(frozen=True)
+class OODDetector:
+    """Mahalanobis statistics and threshold per model whose features are scored (1, or the k members of a fold
+    ensemble). score(x) = mean over members of d_i(x) / threshold_i; > 1 is out of distribution.
+
+    `how` says where the thresholds came from: "held-out" (in-distribution images new to each member's statistics:
+    exact for its false-alarm rate) or "transferred" (a refit model has no unseen images; its threshold is its seen
+    images' median score times the ratio threshold / seen-median that its fold models showed, see
+    `transferred_threshold`). For an ensemble the mean of k normalised scores exceeds 1 less often than each member's
+    does: its false-alarm rate is at most about `false_alarm`."""
+
+    members: tuple[MahalanobisStats, ...]
+    thresholds: tuple[float, ...]
+    false_alarm: float
+    how: str = "held-out"
+
+    def __post_init__(self) -> None:
+        if not self.members or len(self.members) != len(self.thresholds):
+            raise ValueError(f"{len(self.members)} OOD members but {len(self.thresholds)} thresholds")
+        if not all(math.isfinite(t) and t > 0 for t in self.thresholds):
+            raise ValueError(f"OOD thresholds must be finite and > 0, got {list(self.thresholds)}")
+        shapes = {m.means.shape for m in self.members}
+        if len(shapes) != 1:
+            raise ValueError(f"OOD members disagree on (classes, features): {sorted(shapes)}")
+        check_false_alarm(self.false_alarm)
+        if self.how not in ("held-out", "transferred"):
+            raise ValueError(f"OOD threshold origin must be held-out or transferred, got {self.how!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.members[0].means.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.members[0].means.shape[1])
+
+    def score(self, features: Any) -> np.ndarray:
+        """(N,) normalised score of features (N, D) for one member or (k, N, D) for k members; NaN stays NaN."""
+        x = np.asarray(features)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[0] != len(self.members):
+            raise ValueError(f"features must be (N, D) or ({len(self.members)}, N, D), got shape {np.shape(features)}")
+        scores = [mahalanobis_score(x[i], m) / t for i, (m, t) in enumerate(zip(self.members, self.thresholds))]
+        return np.mean(scores, axis=0)
+
+
+def fit_ood_held_out(
+    features: Any, labels: Any, num_classes: int, *, holdout: float = OOD_HOLDOUT, seed: int = 0
+) -> tuple[MahalanobisStats, np.ndarray]:
+    """Statistics fitted on 1 - `holdout` of `features` (images the scoring model did not train on), and the
+    scores of the held-out rest (for `ood_threshold`)."""
+    x = _matrix(features, "features")
+    y = _labels(labels, num_classes, len(x))
+    fit_idx, threshold_idx = ood_split(y, holdout, seed)
+    stats = fit_mahalanobis(x[fit_idx], y[fit_idx], num_classes)
+    return stats, mahalanobis_score(x[threshold_idx], stats)
+
+
+def transferred_threshold(seen_scores: Any, pairs: list[tuple[Any, Any]], false_alarm: float) -> float:
+    """A threshold for a model scored only on images it trained on (a refit on all data): its seen scores' median
+    times the mean, over fold models, of (threshold from their unseen scores) / (median of their seen scores).
+
+    `pairs`: per fold model, (scores of its own training images, scores of its validation images), each with
+    statistics fitted on its training images -- the same relation as the refit's statistics to its data.
+    """
+    ratios = [ood_threshold(unseen, false_alarm) / float(np.median(seen)) for seen, unseen in pairs]
+    return float(np.median(np.asarray(seen_scores, dtype=np.float64)) * np.mean(ratios))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What the checkpoint stores
 
@@ -302,24 +375,15 @@ class Calibration:
     temperature: float
     coverage: float  # default for `apply`; `cellnet predict --coverage` overrides it
     conformal: ConformalScores
-    ood: MahalanobisStats | None = None
-    ood_threshold: float | None = None
-    ood_false_alarm: float | None = None
+    ood: OODDetector | None = None
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, numbers.Real) and 0 < self.temperature < math.inf):
             raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
         check_coverage(self.coverage)
-        parts = (self.ood, self.ood_threshold, self.ood_false_alarm)
-        if any(p is None for p in parts) != all(p is None for p in parts):
-            raise ValueError("ood, ood_threshold and ood_false_alarm must be given together or not at all")
-        if self.ood is not None and self.ood_threshold is not None and self.ood_false_alarm is not None:
-            if self.ood.means.shape[0] != self.num_classes:
-                raise ValueError(f"ood means have {self.ood.means.shape[0]} classes, expected {self.num_classes}")
-            if not math.isfinite(self.ood_threshold):
-                raise ValueError(f"ood_threshold must be finite, got {self.ood_threshold}")
-            check_false_alarm(self.ood_false_alarm)
+        if self.ood is not None and self.ood.num_classes != self.num_classes:
+            raise ValueError(f"ood means have {self.ood.num_classes} classes, expected {self.num_classes}")
 
     @property
     def num_classes(self) -> int:
@@ -333,7 +397,8 @@ class Calibration:
         """Calibrated probs (N, C) float32, conformal sets (N, C) bool, set_size (N,), ood_score and ood (N,) or
         None without features, always_in_set (classes in every set at this coverage, for a warning).
 
-        `ood` is "not at or below the threshold", so an image with non-finite features is flagged.
+        `features`: (N, D), or (k, N, D) for a fold ensemble's members. `ood_score` is normalised (> 1: out of
+        distribution); `ood` is "not at or below 1", so an image with non-finite features is flagged.
         """
         coverage = self.coverage if coverage is None else check_coverage(coverage)
         probs = softmax(_matrix(logits, "logits", self.num_classes), self.temperature)
@@ -349,20 +414,22 @@ class Calibration:
         if features is not None:
             if self.ood is None:
                 raise ValueError("this calibration was fitted without features: it has no OOD statistics")
-            score = mahalanobis_score(features, self.ood)
+            score = self.ood.score(features)
             out["ood_score"] = score
-            out["ood"] = ~(score <= self.ood_threshold)
+            out["ood"] = ~(score <= 1.0)
         return out
 
     def to_meta(self) -> dict[str, Any]:
         """JSON-able description (numbers, strings, lists); the arrays go to `to_tensors`."""
         ood = None
-        if self.ood is not None and self.ood_threshold is not None and self.ood_false_alarm is not None:
+        if self.ood is not None:
             ood = {
                 "method": OOD_METHOD,
-                "threshold": float(self.ood_threshold),
-                "false_alarm": float(self.ood_false_alarm),
-                "feature_dim": int(self.ood.means.shape[1]),
+                "members": len(self.ood.members),
+                "thresholds": [float(t) for t in self.ood.thresholds],
+                "false_alarm": float(self.ood.false_alarm),
+                "threshold_from": self.ood.how,
+                "feature_dim": self.ood.feature_dim,
                 "library": f"scikit-learn {version('scikit-learn')}",
             }
         return {
@@ -378,10 +445,14 @@ class Calibration:
         }
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        """The arrays: conformal scores (N,) float32 and labels (N,) int64; OOD means (C, D), precision (D, D)."""
+        """The arrays: conformal scores (N,) float32 and labels (N,) int64; OOD means (k, C, D), precision
+        (k, D, D) for the k scored members."""
         out = {"conformal_scores": self.conformal.scores, "conformal_labels": self.conformal.labels}
         if self.ood is not None:
-            out |= {"ood_means": self.ood.means, "ood_precision": self.ood.precision}
+            out |= {
+                "ood_means": np.stack([m.means for m in self.ood.members]),
+                "ood_precision": np.stack([m.precision for m in self.ood.members]),
+            }
         return out
 
     @classmethod
@@ -408,18 +479,27 @@ class Calibration:
                 raise ValueError(f"calibration counts {conformal.counts.tolist()} do not match the meta's {counts}")
             ood = None
             if ood_meta is not None:
-                ood = MahalanobisStats(tensors["ood_means"], tensors["ood_precision"])
-                if ood.means.shape[1] != ood_meta["feature_dim"]:
+                means, precision = np.asarray(tensors["ood_means"]), np.asarray(tensors["ood_precision"])
+                if means.ndim != 3 or precision.ndim != 3 or len(means) != len(precision):
                     raise ValueError(
-                        f"ood means have {ood.means.shape[1]} features, meta says {ood_meta['feature_dim']}"
+                        f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)"
                     )
+                members = tuple(MahalanobisStats(m, p) for m, p in zip(means, precision))
+                if members[0].means.shape[1] != ood_meta["feature_dim"]:
+                    raise ValueError(
+                        f"ood means have {members[0].means.shape[1]} features, meta says {ood_meta['feature_dim']}"
+                    )
+                ood = OODDetector(
+                    members,
+                    tuple(float(t) for t in ood_meta["thresholds"]),
+                    float(ood_meta["false_alarm"]),
+                    str(ood_meta.get("threshold_from", "held-out")),
+                )
             return cls(
                 temperature=float(meta["temperature"]),
                 coverage=float(meta["coverage"]),
                 conformal=conformal,
                 ood=ood,
-                ood_threshold=None if ood_meta is None else float(ood_meta["threshold"]),
-                ood_false_alarm=None if ood_meta is None else float(ood_meta["false_alarm"]),
                 notes=tuple(str(n) for n in meta.get("notes", ())),
             )
         except (KeyError, TypeError, ValueError, CellnetError) as e:
@@ -455,15 +535,14 @@ def fit_calibration(
         )
     if features is None:
         return Calibration(temperature, coverage, conformal, notes=tuple(notes))
-    x = _matrix(features, "features")
-    y = _labels(labels, num_classes, len(x))
-    fit_idx, threshold_idx = ood_split(y, ood_holdout, seed)
-    stats = fit_mahalanobis(x[fit_idx], y[fit_idx], num_classes)
-    threshold = ood_threshold(mahalanobis_score(x[threshold_idx], stats), false_alarm)
-    notes.append(f"OOD statistics from {len(fit_idx)} images, threshold from {len(threshold_idx)} held-out images")
-    if (len(threshold_idx) + 1) * (1.0 - false_alarm) > len(threshold_idx):
+    stats, held_scores = fit_ood_held_out(features, labels, num_classes, holdout=ood_holdout, seed=seed)
+    threshold = ood_threshold(held_scores, false_alarm)
+    n_fit = len(_matrix(features, "features")) - len(held_scores)
+    notes.append(f"OOD statistics from {n_fit} images, threshold from {len(held_scores)} held-out images")
+    if (len(held_scores) + 1) * (1.0 - false_alarm) > len(held_scores):
         notes.append(f"too few held-out images for false_alarm {false_alarm}: the threshold is their largest score")
-    return Calibration(temperature, coverage, conformal, stats, threshold, float(false_alarm), tuple(notes))
+    detector = OODDetector((stats,), (threshold,), float(false_alarm))
+    return Calibration(temperature, coverage, conformal, detector, tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------------------------

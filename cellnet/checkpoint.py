@@ -10,6 +10,10 @@ An ensemble checkpoint (a search winner's k fold models, `cellnet.model.FoldEnse
 `"ensemble": {"members": k, ...}` in cellnet.json and the members' weights under `members.<i>.` in the one
 safetensors file; all members share the config, classes and preprocessing, so predict/evaluate/export need nothing
 else.
+
+A calibrated checkpoint (a search's deployed model, fitted on out-of-fold predictions: cellnet/calibrate.py) adds
+`"calibration": {...}` (temperature, default coverage, OOD thresholds, ...) to cellnet.json and its arrays (conformal
+scores, OOD statistics) as `calibration.safetensors`, whose sha256 cellnet.json records like the weights'.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +42,7 @@ from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
 
 WEIGHTS = "model.safetensors"
 META = "cellnet.json"
+CALIBRATION = "calibration.safetensors"
 FORMAT = "cellnet-checkpoint"
 FORMAT_VERSION = 1
 
@@ -74,9 +80,11 @@ def save_checkpoint(
     std: Sequence[float],
     metrics: dict[str, Any],
     provenance: dict[str, Any] | None = None,
+    calibration: Any = None,
 ) -> Path:
     """Write `out_dir` atomically (a temp dir beside it, then swapped in; an existing checkpoint is replaced only
-    once the new one is complete). `model` is a CellNet or a FoldEnsemble. Returns the directory."""
+    once the new one is complete). `model` is a CellNet or a FoldEnsemble; `calibration` a
+    `cellnet.calibrate.Calibration` or None. Returns the directory."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -117,7 +125,12 @@ def save_checkpoint(
             "ensemble": (
                 {"members": len(model.members), "combine": "mean_softmax"} if isinstance(model, FoldEnsemble) else None
             ),
+            "calibration": None,
         }
+        if calibration is not None:
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in calibration.to_tensors().items()}
+            save_file(tensors, str(tmp / CALIBRATION), metadata={"format": FORMAT})
+            meta["calibration"] = {**calibration.to_meta(), "tensors_sha256": _sha256(tmp / CALIBRATION)}
         write_json(tmp / META, meta, fsync=True)
         os.chmod(tmp, 0o755)
         replace_dir(tmp, out)
@@ -173,6 +186,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return Checkpoint(
+        calibration=_calibration_from(meta.get("calibration"), path / CALIBRATION),
         model=model,
         config=config,
         classes=classes,
@@ -187,6 +201,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _calibration_from(meta: Any, tensors_path: Path) -> Any:
+    """The checkpoint's Calibration, or None for an uncalibrated one (`cellnet train`, older checkpoints)."""
+    if meta is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cellnet.calibrate import Calibration
+
+    if not isinstance(meta, dict) or not tensors_path.is_file():
+        raise CheckpointError(f"{tensors_path.parent}: incomplete checkpoint, {tensors_path.name} is missing")
+    digest = _sha256(tensors_path)
+    if digest != meta.get("tensors_sha256"):
+        raise CheckpointError(f"{tensors_path}: sha256 does not match the one recorded in {META}; changed or truncated")
+    try:
+        tensors = {k: v.numpy() for k, v in load_file(str(tensors_path)).items()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{tensors_path}: not a readable safetensors file ({e})") from None
+    return Calibration.from_parts(meta, tensors)
 
 
 def _build(meta: dict[str, Any], config: TrainConfig, num_classes: int, where: Path) -> CellNet | FoldEnsemble:

@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         parents=[common],
         help="predict classes of image files, folders or an npz",
-        description="Write a CSV (id, predicted, confidence, uncertain, error, p_<class>...) for every image. "
-        "An unreadable image becomes a row with `error` set; the others are still predicted and the exit code "
-        "is 1.",
+        description="Write a CSV (id, predicted, confidence, uncertain, set, set_size, ood_score, ood, error, "
+        "p_<class>...) for every image. With a calibrated checkpoint (a search's deployed model) probabilities are "
+        "temperature-scaled, `set` lists the classes of a conformal prediction set ('|'-joined) that contains the "
+        "true class with probability --coverage for cells like the training data, and `ood` flags images unlike "
+        "them; `uncertain` = set not exactly one class, or ood, or confidence < --min-confidence. An unreadable "
+        "image becomes a row with `error` set; the others are still predicted and the exit code is 1.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (searched recursively) or npz")
     p.add_argument("--checkpoint", metavar="DIR", required=True)
@@ -102,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument(
-        "--min-confidence", type=_probability, metavar="P", help="mark rows with confidence < P as uncertain"
+        "--min-confidence", type=_probability, metavar="P", help="also mark rows with confidence < P as uncertain"
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        metavar="C",
+        help="coverage of the prediction sets, in (0, 1) (default: the checkpoint's, 0.95): the set contains the "
+        "true class for a share C of cells like the calibration data",
     )
     p.add_argument("--workers", type=_positive_int, metavar="N", help="image decoding threads (default: min(8, CPUs))")
     p.set_defaults(func=cmd_predict)
@@ -343,12 +353,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cellnet.predict import predict_inputs
 
     ckpt = _load(args.checkpoint, args.device)
+    if args.coverage is not None:
+        from cellnet.calibrate import check_coverage
+
+        check_coverage(args.coverage)
+    if ckpt.calibration is None:
+        print(
+            f"note: {args.checkpoint} has no calibration (only a search's deployed models carry one, fitted on "
+            "out-of-fold predictions): prediction sets and the OOD flag are unavailable, probabilities are the "
+            "model's own" + ("; --coverage ignored" if args.coverage is not None else ""),
+            file=sys.stderr,
+        )
     table = predict_inputs(
         ckpt,
         args.inputs,
         batch_size=args.batch_size,
         tta=args.tta,
         min_confidence=args.min_confidence,
+        coverage=args.coverage if ckpt.calibration is not None else None,
         workers=args.workers,
     )
     if args.out:
@@ -358,8 +380,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table.to_csv(sys.stdout, index=False, float_format="%.6f")
     failed = int((table["error"] != "").sum())
     uncertain = int((table["uncertain"] == True).sum())  # noqa: E712 (None on failed rows)
+    sets = ""
+    if ckpt.calibration is not None:
+        coverage = args.coverage if args.coverage is not None else ckpt.calibration.coverage
+        single = int((table["set_size"] == 1).sum())
+        flagged = int((table["ood"] == True).sum())  # noqa: E712
+        sets = f"; sets at coverage {coverage:g}: {single} of one class; {flagged} out of distribution"
     print(
-        f"predicted {len(table) - failed} images ({uncertain} uncertain), {failed} failed"
+        f"predicted {len(table) - failed} images ({uncertain} uncertain{sets}), {failed} failed"
         + (f" -> {args.out}" if args.out else ""),
         file=sys.stderr,
     )

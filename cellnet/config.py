@@ -186,6 +186,8 @@ class SearchSpec:
     time_budget_s: float | None = None
     checkpoint_every: int | None = None  # also every N epochs; None = only at ASHA rungs and the last epoch
     startup_trials: int | None = None  # TPE's random start-up; None = a third of num_samples, 3 to 10
+    shift_suite: tuple[str, ...] | None = None  # shifts scored in every fold (cellnet.shifts); None = DEFAULT_SUITE
+    shift_images: int = 512  # validation images per fold scored under shift, one shift each; 0 = no shift metrics
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
 
@@ -207,10 +209,31 @@ class RetrainSpec:
     epochs: int | str = "best"
 
 
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How the deployed checkpoints are calibrated on the winner's out-of-fold predictions (cellnet/calibrate.py):
+    the default coverage of prediction sets (`cellnet predict --coverage` overrides it) and the false-alarm rate
+    the OOD threshold is set for."""
+
+    coverage: float = 0.95
+    ood_false_alarm: float = 0.05
+
+
 RETRAIN_MODES = ("refit", "folds", "both")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "fifo")
-METRICS = ("cv_accuracy", "cv_macro_f1", "cv_balanced_accuracy", "cv_val_loss")
+# search.metric -> the mode that optimises it
+METRIC_MODES = {
+    "cv_accuracy": "max",
+    "cv_macro_f1": "max",
+    "cv_balanced_accuracy": "max",
+    "cv_val_loss": "min",
+    "cv_shifted_accuracy": "max",
+    "cv_worst_shift_accuracy": "max",
+    "cv_robust_accuracy": "max",
+}
+METRICS = tuple(METRIC_MODES)
+SHIFT_METRICS = ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy")
 
 
 @dataclass(frozen=True)
@@ -224,6 +247,7 @@ class ExperimentConfig:
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     retrain: RetrainSpec = field(default_factory=RetrainSpec)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     space: dict[str, Param] = field(default_factory=dict)
     path: str = "<config>"
 
@@ -255,9 +279,14 @@ class ExperimentConfig:
             "data": dataclasses.asdict(self.data),
             "cv": dataclasses.asdict(self.cv),
             "train": dict(self.train),
-            "search": {**dataclasses.asdict(self.search), "points_to_evaluate": list(self.search.points_to_evaluate)},
+            "search": {
+                **dataclasses.asdict(self.search),
+                "points_to_evaluate": list(self.search.points_to_evaluate),
+                "shift_suite": None if self.search.shift_suite is None else list(self.search.shift_suite),
+            },
             "resources": dataclasses.asdict(self.resources),
             "retrain": dataclasses.asdict(self.retrain),
+            "calibration": dataclasses.asdict(self.calibration),
             "space": {k: _param_to_yaml(p) for k, p in self.space.items()},
         }
         return d
@@ -289,8 +318,9 @@ _SECTIONS = {
     "search": SearchSpec,
     "resources": ResourceSpec,
     "retrain": RetrainSpec,
+    "calibration": CalibrationSpec,
 }
-TOP_KEYS = ("name", "data", "cv", "train", "search", "resources", "retrain", "space")
+TOP_KEYS = ("name", "data", "cv", "train", "search", "resources", "retrain", "calibration", "space")
 
 
 def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> ExperimentConfig:
@@ -373,6 +403,16 @@ def _parse_section(raw: Any, cls: type, where: str, name: str) -> Any:
         if not isinstance(pts, list) or not all(isinstance(x, dict) for x in pts):
             raise ConfigError(f"{where}: search.points_to_evaluate must be a list of mappings")
         values["points_to_evaluate"] = tuple(pts)
+    if name == "search" and values.get("shift_suite") is not None:
+        from cellnet.shifts import resolve_names
+
+        suite = values["shift_suite"]
+        if not isinstance(suite, list) or not all(isinstance(x, str) for x in suite):
+            raise ConfigError(f"{where}: search.shift_suite must be a list of shift names or null, got {suite!r}")
+        try:
+            values["shift_suite"] = resolve_names(suite)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: search.shift_suite: {e}") from None
     try:
         return cls(**values)
     except TypeError as e:
@@ -434,6 +474,19 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (s.metric in METRICS, f"search.metric must be one of {list(METRICS)}, got {s.metric!r}"),
         (s.mode in ("max", "min"), f"search.mode must be max or min, got {s.mode!r}"),
         (
+            s.metric not in METRIC_MODES or s.mode == METRIC_MODES[s.metric],
+            f"search.mode {s.mode!r} does not fit search.metric {s.metric!r}: {s.metric} is optimised with "
+            f"mode {METRIC_MODES.get(s.metric)!r}",
+        ),
+        (
+            isinstance(s.shift_images, int) and not isinstance(s.shift_images, bool) and s.shift_images >= 0,
+            f"search.shift_images must be an int >= 0, got {s.shift_images!r}",
+        ),
+        (
+            s.metric not in SHIFT_METRICS or s.shift_images > 0,
+            f"search.metric {s.metric!r} needs shift metrics, but search.shift_images is 0",
+        ),
+        (
             isinstance(s.num_samples, int) and s.num_samples >= 1,
             f"search.num_samples must be >= 1, got {s.num_samples!r}",
         ),
@@ -469,6 +522,14 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             cfg.retrain.epochs == "best" or (isinstance(cfg.retrain.epochs, int) and cfg.retrain.epochs >= 1),
             f"retrain.epochs must be 'best' or an int >= 1, got {cfg.retrain.epochs!r}",
+        ),
+        (
+            isinstance(cfg.calibration.coverage, float) and 0.0 < cfg.calibration.coverage < 1.0,
+            f"calibration.coverage must be in (0, 1), got {cfg.calibration.coverage!r}",
+        ),
+        (
+            isinstance(cfg.calibration.ood_false_alarm, float) and 0.0 < cfg.calibration.ood_false_alarm < 1.0,
+            f"calibration.ood_false_alarm must be in (0, 1), got {cfg.calibration.ood_false_alarm!r}",
         ),
         (
             cfg.retrain.mode in RETRAIN_MODES,

@@ -25,7 +25,7 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, conf
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
-from cellnet.predict import predict_images, prediction_table
+from cellnet.predict import infer_trusted, prediction_table
 from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift, resolve_names
 
 ECE_BINS = 15
@@ -201,20 +201,25 @@ def shifted_metrics(
     seed: int = SHIFT_SEED,
     tta: bool = False,
     batch_size: int = 256,
+    clean_ood: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """metrics.json's "shifted": accuracy, macro F1 and ECE on each shifted copy, their mean and the worst shift.
+    """metrics.json's "shifted": accuracy, macro F1 and ECE on each shifted copy, their mean and the worst shift;
+    with a calibrated checkpoint also per shift the `trust_metrics` (coverage, flags, OOD AUROC against the clean
+    images' OOD scores `clean_ood`).
 
     One shifted copy is alive at a time (memory stays at one extra copy of the data).
     """
     names = resolve_names(suite)
     per_shift: dict[str, dict[str, Any]] = {}
     for name in names:
-        probs = predict_images(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
-        rep = report(y_true, probs, classes)
+        out, extra = infer_trusted(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
+        rep = report(y_true, out.probs, classes)
         per_shift[name] = {k: rep[k] for k in SHIFT_KEYS} | {"description": SHIFTS[name].description}
+        if extra.sets is not None:
+            per_shift[name]["trust"] = trust_metrics(y_true, out.probs, extra, classes, clean_ood=clean_ood)
     accuracy = {name: per_shift[name]["accuracy"] for name in names}
     worst = min(names, key=lambda n: accuracy[n])
-    return {
+    out_metrics: dict[str, Any] = {
         "suite": list(names),
         "seed": seed,
         "per_shift": per_shift,
@@ -222,6 +227,41 @@ def shifted_metrics(
         "worst_accuracy": accuracy[worst],
         "worst_shift": worst,
     }
+    trusts = [m["trust"] for m in per_shift.values() if "trust" in m]
+    if trusts:
+        out_metrics["mean_share_wrong_flagged"] = _mean([t["flags"]["share_wrong_flagged"] for t in trusts])
+        out_metrics["mean_coverage"] = _mean([t["coverage"]["coverage"] for t in trusts])
+        out_metrics["mean_ood_auroc"] = _mean([t.get("ood_auroc") for t in trusts])
+    return out_metrics
+
+
+def _mean(values: list[Any]) -> float | None:
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def trust_metrics(
+    y_true: np.ndarray, probs: np.ndarray, extra: Any, classes: list[str], *, clean_ood: np.ndarray | None = None
+) -> dict[str, Any]:
+    """What a calibrated checkpoint promises, measured: empirical coverage and set size (overall, per class), the
+    share of wrong / right predictions flagged uncertain (set not exactly one class, or OOD), the OOD flag rate,
+    and -- for shifted data, given the clean images' scores -- the OOD score's AUROC (shifted vs clean)."""
+    from cellnet.calibrate import coverage_report, flag_report, ood_auroc
+
+    correct = probs.argmax(axis=1) == y_true
+    sets = extra.sets
+    uncertain = sets.sum(axis=1) != 1
+    out: dict[str, Any] = {"coverage": coverage_report(sets, y_true, classes)}
+    if extra.ood_score is not None:
+        ood = ~(extra.ood_score <= 1.0)
+        uncertain = uncertain | ood
+        out["ood_flagged"] = float(ood.mean()) if len(ood) else None
+        out["ood_flagged_right"] = float(ood[correct].mean()) if correct.any() else None
+        if clean_ood is not None:
+            out["ood_auroc"] = ood_auroc(clean_ood, extra.ood_score)
+    out["flags"] = flag_report(uncertain, correct)
+    out["set_flags"] = flag_report(sets.sum(axis=1) != 1, correct)
+    return out
 
 
 def plot_shifted(shifted: dict[str, Any], clean_accuracy: float, path: Path, title: str) -> None:
@@ -259,6 +299,8 @@ def write_report(
     classes: list[str],
     out_dir: Path,
     title: str,
+    *,
+    trusted: Any = None,
 ) -> None:
     """All files of one evaluation into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,13 +308,71 @@ def write_report(
         rep["per_class"].to_csv(tmp, index=False, float_format="%.6f")
     with atomic_path(out_dir / "confusion_matrix.csv") as tmp:
         pd.DataFrame(rep["confusion"], index=pd.Index(classes, name="true"), columns=classes).to_csv(tmp)
-    preds = prediction_table([str(i) for i in ids], probs, [""] * len(ids), classes)
+    sets = trusted.sets if trusted is not None else None
+    ood = trusted.ood_score if trusted is not None else None
+    preds = prediction_table([str(i) for i in ids], probs, [""] * len(ids), classes, sets=sets, ood_score=ood)
     preds.insert(1, "label", [classes[t] for t in y_true])
-    preds = preds.drop(columns=["uncertain", "error"])
+    preds = preds.drop(
+        columns=["error"] if sets is not None else ["uncertain", "set", "set_size", "ood_score", "ood", "error"]
+    )
     with atomic_path(out_dir / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6f")
     plot_confusion(rep["confusion"], classes, out_dir / "confusion_matrix.png", f"confusion matrix — {title}")
     plot_reliability(rep["calibration"], out_dir / "reliability.png", f"reliability — {title}")
+
+
+def calibration_gain(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE of the model's own softmax and of the temperature-scaled one (identity view, no TTA: the temperature was
+    fitted on plain out-of-fold logits)."""
+    from cellnet.calibrate import softmax
+
+    out = {}
+    for key, t in (("ece_uncalibrated", 1.0), ("ece_calibrated", temperature)):
+        p = softmax(logits, t)
+        out[key] = expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == y_true)["ece"]
+    return out
+
+
+def plot_trust(
+    trust: dict[str, Any], probs: np.ndarray, y_true: np.ndarray, trusted: Any, classes: list[str], path: Path
+) -> None:
+    """Left: empirical coverage per class against the target. Right: accuracy of the predictions kept vs the share
+    flagged, when flagging by lowest confidence (the curve), with the checkpoint's own flags as points."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
+    per_class = trust["coverage"]["per_class"]
+    cov = [per_class[c]["coverage"] if per_class[c]["coverage"] is not None else np.nan for c in classes]
+    left.bar(range(len(classes)), cov, color="tab:blue")
+    left.axhline(trust["coverage_target"], color="black", linestyle="--", label=f"target {trust['coverage_target']:g}")
+    left.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    left.set_ylim(0, 1.02)
+    left.set_ylabel("share of cells whose set holds the true class")
+    left.set_title(f"coverage per class (overall {trust['coverage']['coverage']:.3f})")
+    left.legend(loc="lower left")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    order = np.argsort(confidence)  # flag the least confident first
+    n = len(order)
+    kept_correct = np.cumsum(correct[order][::-1])[::-1]  # correct among the kept, after flagging i images
+    shares = np.arange(n) / max(n, 1)
+    right.plot(shares, kept_correct / np.maximum(n - np.arange(n), 1), color="tab:gray", label="flag lowest confidence")
+    flags = {"set not one class": trusted.sets.sum(axis=1) != 1}
+    if trusted.ood_score is not None:
+        flags["out of distribution"] = ~(trusted.ood_score <= 1.0)
+        flags["uncertain (either)"] = flags["set not one class"] | flags["out of distribution"]
+    for (label, flag), marker in zip(flags.items(), "os^"):
+        kept = ~flag
+        acc = float(correct[kept].mean()) if kept.any() else np.nan
+        right.plot([flag.mean()], [acc], marker, markersize=9, label=f"{label}: {flag.mean():.1%} flagged")
+    right.set_xlabel("share of images flagged for review")
+    right.set_ylabel("accuracy of the rest")
+    right.set_title("flagged vs accuracy")
+    right.grid(alpha=0.3)
+    right.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
 
 
 def evaluate(
@@ -298,18 +398,42 @@ def evaluate(
     y_true = labels_for(data, checkpoint.classes, where)
     suite = resolve_names(shifts) if shifted else ()
     metrics: dict[str, Any] = {**(extra or {}), "classes": classes, "tta": tta}
-    probs = predict_images(checkpoint, data.images, batch_size=batch_size, tta=tta)
+    inference, trusted = infer_trusted(checkpoint, data.images, batch_size=batch_size, tta=tta)
+    probs = inference.probs
     rep = report(y_true, probs, classes)
-    write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean")
+    write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean", trusted=trusted)
     metrics["clean"] = _json_ready(rep, classes)
+    calibration = getattr(checkpoint, "calibration", None)
+    if calibration is None:
+        metrics["trust"] = None
+    else:
+        metrics["trust"] = {
+            "temperature": float(calibration.temperature),
+            "coverage_target": float(calibration.coverage),
+            **calibration_gain(inference.logits, y_true, calibration.temperature),
+            **trust_metrics(y_true, probs, trusted, classes),
+        }
+        plot_trust(metrics["trust"], probs, y_true, trusted, classes, out_dir / "trust.png")
     if suite:
         metrics["shifted"] = shifted_metrics(
-            checkpoint, data.images, y_true, classes, suite=suite, seed=seed, tta=tta, batch_size=batch_size
+            checkpoint,
+            data.images,
+            y_true,
+            classes,
+            suite=suite,
+            seed=seed,
+            tta=tta,
+            batch_size=batch_size,
+            clean_ood=trusted.ood_score,
         )
         plot_shifted(metrics["shifted"], rep["accuracy"], out_dir / "shifted_accuracy.png", "accuracy under shift")
     metrics["text"] = {"clean": rep["text"]}
     write_text(out_dir / "metrics.json", json.dumps({k: v for k, v in metrics.items() if k != "text"}, indent=2) + "\n")
     return metrics
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
@@ -318,6 +442,28 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for key in SUMMARY_KEYS:
         v = metrics["clean"][key]
         lines.append(f"{key:<20}" + (f"{v:>12d}" if isinstance(v, int) else f"{v:>12.4f}"))
+    trust = metrics.get("trust")
+    if trust:
+        cov, flags = trust["coverage"], trust["flags"]
+        lines += [
+            "",
+            f"calibration: temperature {trust['temperature']:.3f}, ECE {trust['ece_uncalibrated']:.4f} -> "
+            f"{trust['ece_calibrated']:.4f}",
+            f"prediction sets at coverage {trust['coverage_target']:g}: coverage {cov['coverage']:.4f}, mean set size "
+            f"{cov['mean_set_size']:.3f}",
+            f"flagged uncertain: {_pct(flags['share_wrong_flagged'])} of wrong, {_pct(flags['share_right_flagged'])} "
+            f"of right predictions"
+            + (f"; out of distribution {_pct(trust.get('ood_flagged'))}" if "ood_flagged" in trust else ""),
+        ]
+        small = [
+            c
+            for c, v in cov["per_class"].items()
+            if v["coverage"] is not None and v["coverage"] < trust["coverage_target"]
+        ]
+        if small:
+            lines.append(
+                "below target coverage: " + ", ".join(f"{c} {cov['per_class'][c]['coverage']:.3f}" for c in small)
+            )
     shifted = metrics.get("shifted")
     if not shifted:
         return "\n".join(lines)

@@ -32,7 +32,8 @@ FORMATS = ("onnx",)
 
 
 class _Deployable(nn.Module):
-    """model ∘ preprocess ∘ softmax: the whole inference path as one module."""
+    """softmax(model(preprocess(x)) / T): the whole inference path as one module, the checkpoint's temperature
+    (1 without calibration) folded in. A fold ensemble's members are averaged inside `model`."""
 
     def __init__(self, checkpoint: Any) -> None:
         super().__init__()
@@ -41,10 +42,11 @@ class _Deployable(nn.Module):
         self.input_size = checkpoint.input_size
         self.mean = tuple(float(v) for v in checkpoint.mean)
         self.std = tuple(float(v) for v in checkpoint.std)
+        self.temperature = _temperature(checkpoint)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = preprocess(images, image_size=self.image_size, input_size=self.input_size, mean=self.mean, std=self.std)
-        return torch.softmax(self.model(x), dim=1)
+        return torch.softmax(self.model(x) / self.temperature, dim=1)
 
 
 def metadata(checkpoint: Any) -> dict[str, str]:
@@ -61,7 +63,14 @@ def metadata(checkpoint: Any) -> dict[str, str]:
         "input_format": json.dumps(INPUT_FORMAT),
         "output_format": json.dumps("float32 N×C softmax probabilities, columns in the order of `classes`"),
         "backbone": json.dumps(getattr(checkpoint.config, "backbone", None)),
+        "members": json.dumps(int(getattr(checkpoint, "members", 1))),
+        "temperature": json.dumps(_temperature(checkpoint)),
     }
+
+
+def _temperature(checkpoint: Any) -> float:
+    calibration = getattr(checkpoint, "calibration", None)
+    return float(calibration.temperature) if calibration is not None else 1.0
 
 
 def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:

@@ -242,6 +242,52 @@ def _decoded_chunks(
         pending = following
 
 
+@dataclass
+class Trusted:
+    """What a calibrated checkpoint adds to its probabilities: the conformal set (N×C bool) at a coverage, and the
+    normalised OOD score (> 1: not like the training cells). None where the checkpoint has no calibration / no OOD
+    statistics."""
+
+    sets: np.ndarray | None = None
+    ood_score: np.ndarray | None = None
+
+
+def trusted(checkpoint: Any, probs: np.ndarray, features: np.ndarray | None, coverage: float | None) -> Trusted:
+    """Sets and OOD scores of already-calibrated `probs` and `features` (from `infer`), or empty without calibration."""
+    from cellnet.calibrate import check_coverage, prediction_sets
+
+    calibration = getattr(checkpoint, "calibration", None)
+    if calibration is None:
+        return Trusted()
+    coverage = calibration.coverage if coverage is None else check_coverage(coverage)
+    sets = prediction_sets(probs, calibration.conformal, coverage)
+    score = calibration.ood.score(features) if calibration.ood is not None and features is not None else None
+    return Trusted(sets, score)
+
+
+def infer_trusted(
+    checkpoint: Any,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    coverage: float | None = None,
+    on_batch: Callable[[int], object] | None = None,
+) -> tuple[Inference, Trusted]:
+    """`infer` with the checkpoint's temperature (features only when it has OOD statistics), then `trusted`."""
+    calibration = getattr(checkpoint, "calibration", None)
+    out = infer(
+        checkpoint,
+        images,
+        batch_size=batch_size,
+        tta=tta,
+        temperature=_temperature(checkpoint),
+        features=calibration is not None and calibration.ood is not None,
+        on_batch=on_batch,
+    )
+    return out, trusted(checkpoint, out.probs, out.features, coverage)
+
+
 def predict_inputs(
     checkpoint: Any,
     inputs: Sequence[str],
@@ -249,23 +295,42 @@ def predict_inputs(
     batch_size: int = 256,
     tta: bool = False,
     min_confidence: float | None = None,
+    coverage: float | None = None,
     workers: int | None = None,
     show_progress: bool | None = None,
 ) -> pd.DataFrame:
-    """The `cellnet predict` table: id, predicted, confidence, uncertain, error, p_<class> per class, in input order.
+    """The `cellnet predict` table, in input order: id, predicted, confidence, uncertain, set, set_size, ood_score,
+    ood, error, p_<class> per class (see `prediction_table`).
 
     Rows whose image could not be read have `error` set and empty prediction columns; the rest are still predicted.
-    `uncertain` is True where confidence < `min_confidence` (for a person to review).
+    `coverage`: the prediction sets' coverage (default: the checkpoint's); needs a calibrated checkpoint.
     """
+    from cellnet.calibrate import check_coverage
+
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    if coverage is not None:
+        check_coverage(coverage)
+    calibration = getattr(checkpoint, "calibration", None)
     classes = list(checkpoint.classes)
     sources = expand_inputs(inputs, checkpoint.image_size)
     ids = [i for s in sources for i in s.ids]
     probs = np.full((len(ids), len(classes)), np.nan, dtype=np.float32)
+    sets = np.zeros((len(ids), len(classes)), dtype=bool) if calibration is not None else None
+    ood = np.full(len(ids), np.nan) if calibration is not None and calibration.ood is not None else None
     errors = [""] * len(ids)
     workers = workers or min(8, os.cpu_count() or 1)
     chunk = max(batch_size, 64)
+
+    def run(rows: list[int] | slice, images: np.ndarray, on_batch: Callable[[int], object] | None = None) -> None:
+        out, extra = infer_trusted(
+            checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, on_batch=on_batch
+        )
+        probs[rows] = out.probs
+        if sets is not None and extra.sets is not None:
+            sets[rows] = extra.sets
+        if ood is not None and extra.ood_score is not None:
+            ood[rows] = extra.ood_score
 
     with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar, ThreadPoolExecutor(workers) as pool:
         offset = 0
@@ -274,9 +339,7 @@ def predict_inputs(
                 errors[offset] = src.error
                 bar.update(1)
             elif src.images is not None:
-                probs[offset : offset + len(src.ids)] = predict_images(
-                    checkpoint, src.images, batch_size=batch_size, tta=tta, on_batch=bar.update
-                )
+                run(slice(offset, offset + len(src.ids)), src.images, bar.update)
             else:
                 assert src.paths is not None
                 row = offset
@@ -286,14 +349,11 @@ def predict_inputs(
                         if isinstance(d, str):
                             errors[row + j] = d
                     if good:
-                        batch = np.stack([decoded[j] for j in good])  # type: ignore[misc]
-                        probs[[row + j for j in good]] = predict_images(
-                            checkpoint, batch, batch_size=batch_size, tta=tta
-                        )
+                        run([row + j for j in good], np.stack([decoded[j] for j in good]))  # type: ignore[misc]
                     bar.update(len(decoded))
                     row += len(decoded)
             offset += len(src.ids)
-    return prediction_table(ids, probs, errors, classes, min_confidence)
+    return prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
 
 
 def prediction_table(
@@ -302,19 +362,45 @@ def prediction_table(
     errors: Sequence[str],
     classes: Sequence[str],
     min_confidence: float | None = None,
+    *,
+    sets: np.ndarray | None = None,
+    ood_score: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Rows of the predictions CSV. Rows with an error keep empty (NaN/None) prediction cells."""
+    """Rows of the predictions CSV. Rows with an error keep empty (NaN/None) prediction cells.
+
+    `set` (class names joined by '|') and `set_size` come from `sets`, `ood_score` / `ood` (score > 1) from
+    `ood_score`; both empty for an uncalibrated checkpoint. `uncertain` = the set is not exactly one class, or the
+    image is out of distribution, or confidence < `min_confidence` -- whichever of these is available.
+    """
     failed = np.array([bool(e) for e in errors], dtype=bool)
     safe = np.where(failed[:, None], 0.0, probs)
     top = safe.argmax(axis=1) if len(ids) else np.zeros(0, dtype=int)
     confidence = np.where(failed, np.nan, safe.max(axis=1) if len(ids) else np.zeros(0))
     threshold = -1.0 if min_confidence is None else min_confidence
+    unsure = confidence < threshold
+    set_text: list[str | None] = [None] * len(ids)
+    set_size = np.full(len(ids), np.nan)
+    if sets is not None:
+        set_size = np.where(failed, np.nan, sets.sum(axis=1))
+        set_text = [
+            None if f else "|".join(c for c, inside in zip(classes, row) if inside) for f, row in zip(failed, sets)
+        ]
+        unsure |= ~failed & (sets.sum(axis=1) != 1)
+    flagged = np.full(len(ids), np.nan)
+    if ood_score is not None:
+        out = ~(ood_score <= 1.0)
+        flagged = np.where(failed, np.nan, out.astype(float))
+        unsure |= ~failed & out
     table = pd.DataFrame(
         {
             "id": list(ids),
             "predicted": [None if f else classes[t] for f, t in zip(failed, top)],
             "confidence": confidence,
-            "uncertain": [None if f else bool(c < threshold) for f, c in zip(failed, confidence)],
+            "uncertain": [None if f else bool(u) for f, u in zip(failed, unsure)],
+            "set": set_text,
+            "set_size": pd.array([None if np.isnan(v) else int(v) for v in set_size], dtype="Int64"),
+            "ood_score": np.where(failed, np.nan, ood_score) if ood_score is not None else np.full(len(ids), np.nan),
+            "ood": pd.array([None if np.isnan(v) else bool(v) for v in flagged], dtype="boolean"),
             "error": list(errors),
         }
     )

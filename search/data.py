@@ -6,6 +6,11 @@
     data.test   --load--> test --drop images that duplicate any *raw* search image--> held-out test set
                                  (raw, not cleaned: a duplicate of an image cleaning dropped is still a leak)
 
+    each fold's validation images --class-stratified subsample of search.shift_images--> one shift of the suite
+                                 per image (round-robin within each class) --> ShiftedFold, made once per search
+                                 and put in the object store: the fold workers score it every epoch
+                                 (cv_shifted_accuracy, cv_worst_shift_accuracy, cv_robust_accuracy)
+
 `python -m search.retrain` rebuilds the search data with `load_search_data` (same config, same result).
 """
 
@@ -20,6 +25,46 @@ from cellnet.data.dataset import CellData
 
 
 @dataclass
+class ShiftedFold:
+    """A fold's shifted validation subset: image i is validation image `index[i]` under shift `names[shift[i]]`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    shift: np.ndarray
+    names: tuple[str, ...]
+    index: np.ndarray
+
+    def accuracy_per_shift(self, predicted: np.ndarray) -> list[float]:
+        """Accuracy on each shift's images (NaN for a shift without images)."""
+        correct = predicted == self.labels
+        return [
+            float(correct[self.shift == j].mean()) if (self.shift == j).any() else float("nan")
+            for j in range(len(self.names))
+        ]
+
+
+def shifted_validation(
+    data: CellData, folds: list[tuple[np.ndarray, np.ndarray]], names: tuple[str, ...], per_fold: int, seed: int
+) -> list[ShiftedFold]:
+    """Per fold: up to `per_fold` validation images, class-stratified, each under one shift of `names` (every shift
+    gets a share of every class). Deterministic for `seed`; the shifts themselves are `cellnet.shifts.apply_shift`."""
+    from cellnet.shifts import apply_shift
+
+    out = []
+    for i, (_, val) in enumerate(folds):
+        rng = np.random.default_rng([seed, i])
+        by_class = [rng.permutation(val[data.labels[val] == c]) for c in np.unique(data.labels[val])]
+        order = np.array([idx[r] for r in range(max(map(len, by_class))) for idx in by_class if r < len(idx)])
+        chosen = order[: min(per_fold, len(order))]
+        shift = np.arange(len(chosen)) % len(names)
+        images = np.empty_like(data.images[chosen])
+        for j, name in enumerate(names):
+            images[shift == j] = apply_shift(name, data.images[chosen[shift == j]], seed)
+        out.append(ShiftedFold(images, data.labels[chosen], shift, names, chosen))
+    return out
+
+
+@dataclass
 class SearchData:
     """What `load_data` returns: the search data, its folds, the test set and what the leak check dropped from it."""
 
@@ -27,6 +72,7 @@ class SearchData:
     folds: list[tuple[np.ndarray, np.ndarray]]
     test: CellData | None = None
     leaks_dropped: list[str] = field(default_factory=list)  # ids of --test images that duplicate search images
+    shifted: list[ShiftedFold] | None = None  # per fold, its shifted validation subset (None: search.shift_images 0)
 
     def test_summary(self, source: str | None) -> dict[str, object] | None:
         """summary.json's `test` section before any evaluation: the source and the leak check's result."""
@@ -59,8 +105,14 @@ def load_data(cfg: ExperimentConfig) -> SearchData:
     raw = load(cfg.data.source, cfg.data.image_size)
     data = _cleaned(cfg, raw)
     splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
+    shifted = None
+    if cfg.search.shift_images > 0:
+        from cellnet.shifts import DEFAULT_SUITE, resolve_names
+
+        names = resolve_names(cfg.search.shift_suite or DEFAULT_SUITE)
+        shifted = shifted_validation(data, splits, names, cfg.search.shift_images, cfg.cv.seed)
     if not cfg.data.test:
-        return SearchData(data, splits)
+        return SearchData(data, splits, shifted=shifted)
     test = load(cfg.data.test, cfg.data.image_size)
     leaks = find_duplicates_between(raw, test)
     dropped = [str(test.ids[i]) for i in leaks]
@@ -70,4 +122,4 @@ def load_data(cfg: ExperimentConfig) -> SearchData:
             f"set (e.g. {', '.join(dropped[:5])})"
         )
         test = test.subset(np.setdiff1d(np.arange(len(test)), leaks))
-    return SearchData(data, splits, test, dropped)
+    return SearchData(data, splits, test, dropped, shifted)

@@ -31,7 +31,16 @@ from cellnet.config import ExperimentConfig, Param, TrainConfig
 from cellnet.files import atomic_path, jsonable, write_json
 
 STATUSES = ("completed", "stopped_early", "failed")
-_BEST_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_macro_f1", "cv_balanced_accuracy", "cv_val_loss")
+_BEST_COLUMNS = (
+    "cv_accuracy",
+    "cv_accuracy_std",
+    "cv_macro_f1",
+    "cv_balanced_accuracy",
+    "cv_val_loss",
+    "cv_shifted_accuracy",
+    "cv_worst_shift_accuracy",
+    "cv_robust_accuracy",
+)
 _FOLD_METRICS = ("accuracy", "macro_f1")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_ERROR = 500
@@ -169,7 +178,10 @@ def trials_table(
         row.update({f"param_{n}": rec.params.get(n) for n in names})
         row["params_json"] = json.dumps(jsonable(rec.params), sort_keys=True)
         folds = [c for c in h.columns if c.startswith("fold") and c.endswith("_accuracy") and "train" not in c]
+        per_shift = [c for c in h.columns if c.startswith("cv_shift_")]
         for col in list(_BEST_COLUMNS) + [f"fold{i}_{m}" for i in range(len(folds)) for m in _FOLD_METRICS]:
+            row[col] = _num(best, col)
+        for col in per_shift:
             row[col] = _num(best, col)
         row["final_cv_accuracy"] = _num(last, "cv_accuracy")
         row["final_cv_macro_f1"] = _num(last, "cv_macro_f1")
@@ -306,6 +318,8 @@ def build_summary(
                 "cv_accuracy_std": best["cv_accuracy_std"],
                 "cv_macro_f1": best["cv_macro_f1"],
                 "cv_balanced_accuracy": best["cv_balanced_accuracy"],
+                **{k: best.get(k) for k in ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy")},
+                "per_shift": {k[9:]: best[k] for k in best.index if str(k).startswith("cv_shift_")},
                 "folds": {m: [best.get(f"fold{i}_{m}") for i in folds] for m in _FOLD_METRICS},
             },
             "num_params": best.get("num_params"),

@@ -18,6 +18,7 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +300,7 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         resources.storage_probe(str(run_dir))
         print("\n".join(["resource plan:", *plan.describe()]))
         write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
-        refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds)}
+        refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds), "shifted": ray.put(loaded.shifted)}
         grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper).fit()
         left = unfinished(grid)
         if left:
@@ -355,9 +356,11 @@ def finish(
     sections: dict[str, Any] = {}
     deployed: dict[str, Path] = {}
     mode = cfg.retrain.mode
+    winner = fold_outputs(cfg, run_dir, out, loaded, required=mode != "refit")
     if mode in ("folds", "both"):
-        deployed["folds"], sections["folds"] = deploy_fold_ensemble(
-            cfg, run_dir, out, loaded, run_dir / ("best" if mode == "folds" else "best_folds"), prov
+        assert winner is not None
+        deployed["folds"], sections["folds"] = save_fold_ensemble(
+            cfg, run_dir, out, loaded, winner, run_dir / ("best" if mode == "folds" else "best_folds"), prov
         )
     if mode in ("refit", "both"):
         if not retrain_winner or out.retrain_epochs is None:
@@ -380,11 +383,14 @@ def finish(
                 provenance=prov,
                 storage_path=run_dir / "retrain",
             )
+            if winner is not None:
+                calibrate_refit(path, cfg, loaded, winner)
             deployed["refit"] = path
             sections["retrain"] = {
                 "checkpoint": str(path),
                 "epochs": out.retrain_epochs,
                 "schedule_epochs": out.retrain_schedule_epochs,
+                "calibrated": winner is not None,
             }
             print(f"winner saved to {path}")
     prune_fold_files(run_dir, out.best_trial_id, out.best_epoch)
@@ -393,47 +399,114 @@ def finish(
     update_summary(run_dir, **sections)
 
 
-def deploy_fold_ensemble(
-    cfg: ExperimentConfig, run_dir: Path, out: Any, loaded: Any, dest: Path, provenance: dict[str, Any]
-) -> tuple[Path, dict[str, Any]]:
-    """The winner's k fold models: oof.npz, and the ensemble checkpoint at `dest`. Returns (dest, summary)."""
-    from cellnet.checkpoint import save_checkpoint
-    from search.winner import OOF_FILE, ensemble, load_fold_models, out_of_fold, save_oof, trial_folds_dir
+@dataclass
+class WinnerFolds:
+    """The winner's fold models, their out-of-fold predictions and the calibration fitted on them."""
+
+    config: Any
+    members: list[Any]
+    oof: Any
+    calibration: Any
+
+
+def fold_outputs(cfg: ExperimentConfig, run_dir: Path, out: Any, loaded: Any, *, required: bool) -> WinnerFolds | None:
+    """Load the winner's fold models, write oof.npz, fit the calibration. With `required=False` (a refit-only
+    deployment) a problem with the fold files is a warning and the refit is deployed uncalibrated."""
+    from cellnet.errors import CheckpointError
+    from search.winner import (
+        OOF_FILE,
+        fit_ensemble_calibration,
+        load_fold_models,
+        out_of_fold,
+        save_oof,
+        trial_folds_dir,
+    )
 
     data = loaded.data
     config = cfg.train_config(out.best_params, epochs=cfg.search.max_epochs)
-    members = load_fold_models(
-        config, trial_folds_dir(run_dir, out.best_trial_id), cfg.cv.folds, out.best_epoch, len(data.classes)
-    )
-    oof = out_of_fold(members, config, data, loaded.folds)
+    try:
+        members = load_fold_models(
+            config, trial_folds_dir(run_dir, out.best_trial_id), cfg.cv.folds, out.best_epoch, len(data.classes)
+        )
+    except CheckpointError as e:
+        if required:
+            raise
+        print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
+        return None
+    oof = out_of_fold(members, config, data, loaded.folds, features=True)
     save_oof(run_dir / OOF_FILE, oof, data.classes, out.best_trial_id, out.best_epoch)
-    model = ensemble(members)
-    from cellnet.model import model_normalisation
+    calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
+    print(
+        f"out-of-fold predictions of {out.best_trial_id} (epoch {out.best_epoch}): accuracy {oof.accuracy():.4f} "
+        f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f}"
+    )
+    return WinnerFolds(config, members, oof, calibration)
 
+
+def save_fold_ensemble(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    out: Any,
+    loaded: Any,
+    winner: WinnerFolds,
+    dest: Path,
+    provenance: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """The winner's k fold models as one calibrated ensemble checkpoint at `dest`. Returns (dest, summary)."""
+    from cellnet.checkpoint import save_checkpoint
+    from cellnet.model import model_normalisation
+    from search.winner import OOF_FILE, ensemble
+
+    data = loaded.data
+    model = ensemble(winner.members)
     mean, std = model_normalisation(model)
-    metrics = {**(out.checkpoint_metrics or {}), "oof_accuracy": oof.accuracy(), "members": len(members)}
+    metrics = {**(out.checkpoint_metrics or {}), "oof_accuracy": winner.oof.accuracy(), "members": len(winner.members)}
     path = save_checkpoint(
         dest,
         model,
-        config=config,
+        config=winner.config,
         classes=data.classes,
         image_size=data.image_size,
         mean=mean,
         std=std,
         metrics=metrics,
         provenance={**provenance, "fold_epoch": out.best_epoch},
+        calibration=winner.calibration,
     )
-    print(
-        f"fold ensemble ({len(members)} members, epoch {out.best_epoch}) saved to {path}; oof accuracy "
-        f"{oof.accuracy():.4f} ({run_dir / OOF_FILE})"
-    )
+    print(f"fold ensemble ({len(winner.members)} members, epoch {out.best_epoch}) saved to {path}")
     return path, {
         "checkpoint": str(path),
-        "members": len(members),
+        "members": len(winner.members),
         "epoch": out.best_epoch,
         "oof": str(run_dir / OOF_FILE),
-        "oof_accuracy": oof.accuracy(),
+        "oof_accuracy": winner.oof.accuracy(),
     }
+
+
+def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: Any, winner: WinnerFolds) -> None:
+    """Re-save the refit checkpoint with the calibration: the OOF temperature and conformal scores, and OOD
+    statistics of its own (`search.winner.fit_refit_ood`)."""
+    import dataclasses
+
+    from cellnet.checkpoint import load_checkpoint, save_checkpoint
+    from search.winner import fit_refit_ood
+
+    ckpt = load_checkpoint(path)
+    ood = fit_refit_ood(
+        ckpt.model, winner.members, ckpt.config, loaded.data, loaded.folds, winner.oof, cfg.calibration.ood_false_alarm
+    )
+    save_checkpoint(
+        path,
+        ckpt.model,
+        config=ckpt.config,
+        classes=ckpt.classes,
+        image_size=ckpt.image_size,
+        mean=ckpt.mean,
+        std=ckpt.std,
+        metrics=ckpt.metrics,
+        provenance=ckpt.meta.get("provenance"),
+        calibration=dataclasses.replace(winner.calibration, ood=ood),
+    )
 
 
 def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cellnet.config import Param
 
 SUMMARY_PREFIX = "hparams/"
+SHIFT_SUMMARY = ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy")
 _FOLD = re.compile(r"^fold(\d+)_(.+)$")
 _PERF = ("images_per_s", "fit_time_s")
 _NOT_SCALARS = ("epoch", "training_iteration", "diverged")
@@ -109,6 +110,7 @@ def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summa
 def summary_metric_tags(metric: str) -> list[str]:
     """The `hparams/*` tags written when a trial ends (the HParams table's metric columns), search metric first."""
     names = [metric, "cv_accuracy", "cv_accuracy_std", "cv_macro_f1", "cv_accuracy_last"]
+    names += list(SHIFT_SUMMARY)
     names += ["epochs", "best_epoch", "stopped_early"]
     return [SUMMARY_PREFIX + n for n in dict.fromkeys(names)]
 
@@ -283,7 +285,7 @@ def _summary_metrics(
     pick = max if mode == "max" else min
     best = pick(series, key=lambda s: (series[s], -s) if mode == "max" else (series[s], s))
     out: dict[str, float] = {metric: series[best]}
-    for name in ("cv_accuracy", "cv_accuracy_std", "cv_macro_f1"):
+    for name in ("cv_accuracy", "cv_accuracy_std", "cv_macro_f1", *SHIFT_SUMMARY):
         value = curves.get(scalar_tag(name) or name, {}).get(best)
         if value is not None:
             out[name] = value

@@ -20,6 +20,11 @@ the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every
 reported, and only then the fold's previous best file is deleted. So whichever moment a trial is stopped (ASHA, time
 budget, lost node), the files of the best epoch Tune has seen exist for every fold.
 
+Robustness: every epoch each fold also scores its shifted validation subset (search/data.py `shifted_validation`:
+up to `search.shift_images` validation images, each under one shift of the suite, made once per search), so every
+row carries cv_shifted_accuracy (mean over shifts of the fold-mean accuracy), cv_worst_shift_accuracy (the lowest
+shift) and cv_robust_accuracy = (cv_accuracy + cv_shifted_accuracy) / 2; any of them can be search.metric.
+
 Divergence (NaN loss) is deterministic, so it must not be retried: the workers catch DivergedError, stop together,
 rank 0 records the reason in `<run_dir>/train/<trial_id>/diverged.json`, and the trial driver raises DivergedError
 (Tune max_failures=0: the trial ends ERROR with that reason; Optuna is told FAIL). Worker and node losses are
@@ -75,7 +80,10 @@ def rung_epochs(cfg: ExperimentConfig) -> list[int]:
 
 
 def fold_metrics(
-    per_fold: list[dict[str, float]], node_ids: list[str], startup: tuple[float, float] | None = None
+    per_fold: list[dict[str, Any]],
+    node_ids: list[str],
+    startup: tuple[float, float] | None = None,
+    shift_names: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The per-epoch row of the search-layer contract from the k folds' Trainer metrics (fold order).
 
@@ -94,6 +102,15 @@ def fold_metrics(
     out["fold_time_sum_s"] = float(sum(m["epoch_time_s"] for m in per_fold))
     out["fold_cpu_sum_s"] = float(sum(m.get("cpu_time_s", m["epoch_time_s"]) for m in per_fold))
     out["worker_start_s"], out["startup_s"] = startup if startup is not None else (float("nan"), float("nan"))
+    shifted = [m["shift_accuracy"] for m in per_fold if m.get("shift_accuracy") is not None]
+    if shifted and shift_names:
+        per_shift = np.nanmean(np.array(shifted, dtype=np.float64), axis=0)  # fold mean, per shift
+        out["cv_shifted_accuracy"] = float(np.nanmean(per_shift))
+        out["cv_worst_shift_accuracy"] = float(np.nanmin(per_shift))
+        out["cv_robust_accuracy"] = (out["cv_accuracy"] + out["cv_shifted_accuracy"]) / 2
+        out["shift_eval_s"] = float(max(m.get("shift_eval_s", 0.0) for m in per_fold))
+        for name, value in zip(shift_names, per_shift):
+            out[f"cv_shift_{name}"] = float(value)
     for i, m in enumerate(per_fold):
         out[f"fold{i}_accuracy"] = float(m["val_accuracy"])
         out[f"fold{i}_macro_f1"] = float(m["val_macro_f1"])
@@ -127,13 +144,15 @@ def fold_worker(loop: dict[str, Any]) -> None:
     from ray.train.torch import get_device
 
     from cellnet.config import TrainConfig
-    from cellnet.train import Trainer
+    from cellnet.train import Trainer, predict_proba
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ["CELLNET_NUM_THREADS"] = str(loop["threads"])
     data = ray.get(loop["refs"]["data"])
     train_idx, val_idx = ray.get(loop["refs"]["folds"])[rank]
+    all_shifted = ray.get(loop["refs"]["shifted"]) if loop["refs"].get("shifted") is not None else None
+    shifted = all_shifted[rank] if all_shifted else None
     config = TrainConfig(**loop["train_config"])
     device = str(get_device()) if loop["use_gpu"] else "cpu"
     trainer = Trainer(config, data.subset(train_idx), data.subset(val_idx), device=device)
@@ -163,6 +182,19 @@ def fold_worker(loop: dict[str, Any]) -> None:
         try:
             epoch_metrics = trainer.train_epoch()
             mine, error = {**epoch_metrics, "cpu_time_s": time.process_time() - cpu0}, None  # all threads
+            if shifted is not None:
+                t0 = time.perf_counter()
+                probs = predict_proba(
+                    trainer.core,
+                    shifted.images,
+                    mean=trainer.mean,
+                    std=trainer.std,
+                    input_size=config.input_size,
+                    batch_size=config.batch_size * 2,
+                    device=trainer.device,
+                )
+                mine["shift_accuracy"] = shifted.accuracy_per_shift(probs.argmax(axis=1))
+                mine["shift_eval_s"] = time.perf_counter() - t0
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world
@@ -175,7 +207,9 @@ def fold_worker(loop: dict[str, Any]) -> None:
             return
         startups = [g[3] for g in gathered if g[3] is not None]
         slowest = max(startups, key=lambda t: t[1]) if startups else None
-        metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], slowest)
+        metrics = fold_metrics(
+            [g[0] for g in gathered], [g[2] for g in gathered], slowest, shifted.names if shifted is not None else ()
+        )
         epoch = trainer.epoch
         previous = None
         if improves(metrics.get(metric), best, mode):

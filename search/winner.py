@@ -5,7 +5,11 @@
            ├─ member i scores validation fold i ........ oof.npz (every training image once, by the model that did
            │                                              not train on it: logits, labels, ids, fold)
            ├─ FoldEnsemble(members) .................... best/ (retrain.mode: folds) or best_folds/ (mode: both)
-           └─ (calibration, fitted on the out-of-fold predictions, goes into the deployed checkpoints)
+           └─ calibration of every deployed checkpoint, from the out-of-fold predictions (cellnet/calibrate.py):
+                temperature (NLL) and conformal scores from the OOF logits -- the same for both deployments;
+                OOD statistics per deployed model: an ensemble member's from its own validation fold (unseen,
+                80% fit / 20% threshold); a refit's from its training images, its threshold transferred from the
+                fold models' seen-vs-unseen ratio (`fit_refit_ood`)
       └─ refit on all data (search/retrain.py) ....... best/ (modes refit and both)
 
 After the search only the winner's fold files are kept (`prune_fold_files`); every other trial's are deleted.
@@ -22,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from cellnet.calibrate import Calibration
 from cellnet.checkpoint import Checkpoint
-from cellnet.config import TrainConfig
+from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CheckpointError
 from cellnet.files import atomic_path
@@ -140,6 +145,53 @@ def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str
 
 def ensemble(members: list[CellNet]) -> FoldEnsemble:
     return FoldEnsemble(members).eval()
+
+
+def fit_ensemble_calibration(
+    oof: OutOfFold, folds: list[tuple[np.ndarray, np.ndarray]], num_classes: int, cfg: ExperimentConfig
+) -> Calibration:
+    """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
+    from cellnet.calibrate import OODDetector, fit_calibration, fit_ood_held_out, ood_threshold
+
+    cal = fit_calibration(oof.logits, oof.labels, num_classes, coverage=cfg.calibration.coverage)
+    if oof.features is None:
+        return cal
+    stats, thresholds = [], []
+    for i, (_, val) in enumerate(folds):
+        s, held = fit_ood_held_out(oof.features[val], oof.labels[val], num_classes, seed=cfg.cv.seed + i)
+        stats.append(s)
+        thresholds.append(ood_threshold(held, cfg.calibration.ood_false_alarm))
+    detector = OODDetector(tuple(stats), tuple(thresholds), cfg.calibration.ood_false_alarm, "held-out")
+    return dataclasses.replace(cal, ood=detector)
+
+
+def fit_refit_ood(
+    refit: Any,
+    members: list[CellNet],
+    config: TrainConfig,
+    data: CellData,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    oof: OutOfFold,
+    false_alarm: float,
+) -> Any:
+    """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
+    data; threshold = its median seen score x the fold models' (unseen threshold / seen median), each fold model
+    with statistics fitted on its training folds (`cellnet.calibrate.transferred_threshold`)."""
+    from cellnet.calibrate import OODDetector, fit_mahalanobis, mahalanobis_score, transferred_threshold
+
+    assert oof.features is not None
+    c = len(data.classes)
+    seen = infer(as_checkpoint(refit, config, data), data.images, features=True).features
+    assert seen is not None
+    stats = fit_mahalanobis(seen, data.labels, c)
+    pairs = []
+    for model, (train, val) in zip(members, folds, strict=True):
+        own = infer(as_checkpoint(model, config, data), data.images[train], features=True).features
+        assert own is not None
+        s = fit_mahalanobis(own, data.labels[train], c)
+        pairs.append((mahalanobis_score(own, s), mahalanobis_score(oof.features[val], s)))
+    threshold = transferred_threshold(mahalanobis_score(seen, stats), pairs, false_alarm)
+    return OODDetector((stats,), (threshold,), false_alarm, "transferred")
 
 
 def prune_fold_files(run_dir: Path, keep: str | None, epoch: int | None) -> int:

@@ -256,8 +256,9 @@ def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
 @pytest.mark.parametrize(
     ("tamper", "match"),
     [
-        (lambda m, t: t.update(ood_means=t["ood_means"][:-1]), "classes"),
-        (lambda m, t: t.update(ood_precision=t["ood_precision"][:-1, :-1]), "precision"),
+        (lambda m, t: t.update(ood_means=t["ood_means"][:, :-1]), "classes"),
+        (lambda m, t: t.update(ood_precision=t["ood_precision"][:, :-1, :-1]), "precision"),
+        (lambda m, t: t.update(ood_means=t["ood_means"][:0]), "not .k, C, D."),
         (lambda m, t: t.update(conformal_labels=t["conformal_labels"][:-1]), "labels"),
         (lambda m, t: t["conformal_labels"].__setitem__(0, 4), r"labels must be in \[0, 4\)"),
         (lambda m, t: m.update(num_calibration=599), "meta says 599"),

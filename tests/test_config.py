@@ -75,6 +75,14 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         ({"name": "x", "resources": {"cpus_per_fold": 0}}, "cpus_per_fold"),
         ({"name": "x", "train": {"lr": 0.1}, "space": {"lr": 0.2}}, "both train and space"),
         ({"name": "bad name!"}, "name must be"),
+        ({"name": "x", "search": {"metric": "cv_magic"}}, "search.metric must be one of"),
+        ({"name": "x", "search": {"metric": "cv_val_loss", "mode": "max"}}, "does not fit search.metric 'cv_val_loss'"),
+        ({"name": "x", "search": {"metric": "cv_robust_accuracy", "mode": "min"}}, "optimised with mode 'max'"),
+        ({"name": "x", "search": {"metric": "cv_robust_accuracy", "shift_images": 0}}, "needs shift metrics"),
+        ({"name": "x", "search": {"shift_suite": ["zoom_out_0.55", "warp"]}}, "search.shift_suite"),
+        ({"name": "x", "search": {"checkpoint_every": 0}}, "search.checkpoint_every must be an int >= 1 or null"),
+        ({"name": "x", "retrain": {"mode": "bagging"}}, "retrain.mode must be one of ['refit', 'folds', 'both']"),
+        ({"name": "x", "calibration": {"coverage": 1.0}}, "calibration.coverage must be in (0, 1)"),
     ],
 )
 def test_bad_configs_name_the_key_and_file(tmp_path: Path, doc: dict, needle: str) -> None:
@@ -109,3 +117,12 @@ def test_trainconfig_validates_directly() -> None:
     with pytest.raises(ValueError, match=r"stain_aug must be in \[0, 1\], got 2"):
         TrainConfig(stain_aug=2)
     assert TrainConfig().zoom_aug == 0.0 and TrainConfig().stain_aug == 0.0  # off by default
+
+
+def test_robust_metrics_can_rank_a_search(tmp_path: Path) -> None:
+    for metric in ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy"):
+        cfg = load_config(_write(tmp_path, {"name": "x", "search": {"metric": metric, "mode": "max"}}))
+        assert cfg.search.metric == metric
+    cfg = load_config(_write(tmp_path, {"name": "x", "search": {"shift_suite": ["gamma_0.6", "zoom_out_0.55"]}}))
+    assert cfg.search.shift_suite == ("gamma_0.6", "zoom_out_0.55")
+    assert parse_config(cfg.to_dict(), "again.yaml").search.shift_suite == cfg.search.shift_suite

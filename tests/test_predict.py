@@ -48,7 +48,8 @@ def test_predict_files_folder_npz_with_a_corrupt_file(
     assert "broken.png" in capsys.readouterr().err
     table = pd.read_csv(out, keep_default_na=False)
     classes = load_checkpoint(ckpt_dir).classes
-    assert list(table.columns) == ["id", "predicted", "confidence", "uncertain", "error"] + [f"p_{c}" for c in classes]
+    head = ["id", "predicted", "confidence", "uncertain", "set", "set_size", "ood_score", "ood", "error"]
+    assert list(table.columns) == head + [f"p_{c}" for c in classes]
     assert len(table) == 1 + 6 + 10
 
     bad = table[table["id"].str.endswith("broken.png")]

@@ -167,6 +167,25 @@ def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(run: Path) -> None:
     assert poor.state == TrialState.PRUNED and poor.intermediate_values  # told with its per-epoch values
 
 
+def test_shift_metrics_in_every_trial(run: Path) -> None:
+    """Every fold scores its shifted validation subset each epoch: the robust metrics reach trials.csv, summary.json
+    and the HParams table."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    for col in ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy", "cv_shift_zoom_out_0.55"):
+        assert trials[col].between(0, 1).all(), col
+    assert (trials["cv_worst_shift_accuracy"] <= trials["cv_shifted_accuracy"] + 1e-9).all()
+    expected = (trials["cv_accuracy"] + trials["cv_shifted_accuracy"]) / 2
+    assert np.allclose(trials["cv_robust_accuracy"], expected)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["best"]["cv"]["cv_shifted_accuracy"] <= 1 and "defocus" in summary["best"]["cv"]["per_shift"]
+    trial_id = trials["trial_id"].iloc[0]
+    acc = EventAccumulator(str(run / "tensorboard" / trial_id), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert "hparams/cv_shifted_accuracy" in acc.Tags()["scalars"] and "cv/shifted_accuracy" in acc.Tags()["scalars"]
+
+
 def test_hparams_for_every_trial(run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
