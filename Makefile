@@ -26,6 +26,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check cellnet search tests bench
 	$(BIN)/ruff format --check cellnet search tests bench
+	# declared dependencies = imported ones (pyproject [tool.deptry])
+	$(BIN)/deptry cellnet search
 
 typecheck: $(STAMP)
 	$(BIN)/mypy cellnet search

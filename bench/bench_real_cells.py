@@ -1,20 +1,23 @@
-"""Does the search beat a hand-written single run on real cells, at the same compute, on the same held-out test set?
+"""The duel: does the recommended search beat a plain hand-written script on real cells at equal wall-clock time?
 
-On real PBC images (default ../shared/data/pbc-sample: 2,579 JPEGs, one folder per class), at 64 px on the CPU:
+On ../shared/data/pbc-sample (2,579 PBC JPEGs) at 64 px, for each split seed (grouped stratified 80/20, cleaned;
+bench/real_data.py):
 
-1. load, clean, and hold out 20% as a test set (grouped by duplicate cluster, stratified): nothing of it is seen by
-   either side;
-2. search: `python -m search.run spaces/cpu_small.yaml` on the other 80% (2-fold CV, TPE + ASHA, the backbone fixed
-   to `mobilenetv3_small_050` from scratch), winner retrained on all of it and evaluated on the test set (`--test`);
-3. baseline: `cellnet train spaces/baseline.yaml` (same backbone, a careful hand-picked recipe, its own 80/20
-   validation split for picking the best epoch) on the same 80%, given the search's whole compute as its epoch
-   budget (training images processed, search trials + retrain; no early stopping, the best epoch is kept), then
-   evaluated on the same test set.
+    80% ──> python -m search.run SPACE (retrain.mode both: the refit in best/, the fold ensemble in best_folds/)
+       │        total wall W (data, search, out-of-fold calibration, refit), all measured
+       └──> bench/plain_timm.py: resnet18 from scratch, AdamW 1e-3 / wd 0.05, one-cycle, flips, batch 64, given as
+            many epochs as fit in W
+    20% ──> each model scored once (accuracy, macro F1); nothing of it was seen by anything that trained or chose
 
-Printed side by side: cross-validation / validation accuracy, test accuracy and macro F1, compute (training images
-processed), wall time. Full mode only (~15 min on 2 cores); `--quick` prints why it is skipped.
+The search's two deployments are compared at the same W: the refit's W includes its retrain; the fold ensemble needs
+no retrain, so its W is the search's wall up to the moment best_folds/ was saved (`W_folds`, also given to a second
+plain run). Mean ± sd over seeds of test accuracy and macro-F1 for: plain script, refit winner, fold ensemble.
 
-    .venv/bin/python -m bench.bench_real_cells [--data DIR] [--image-size 64] [--seed 0] [--out runs/bench-real-cells]
+`--design` instead runs the same duel inside split 0's training 80% (an inner grouped 80/20 holdout as the "test"):
+what spaces and settings are chosen on, so that no choice looks at a split reported as a test result.
+
+    .venv/bin/python -m bench.bench_real_cells [--space spaces/cpu_small.yaml] [--seeds 0 1 2] [--out DIR]
+        [--design] [--json out.json] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -22,37 +25,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc-sample"
+BENCH_OUT = REPO / "runs" / "bench-real-cells"
+MARKER = ".cellnet-bench"  # an --out folder this benchmark made, and may therefore empty again
 
 
-def split(data_dir: Path, image_size: int, seed: int, out: Path) -> tuple[Path, Path, str]:
-    """train.npz / test.npz: the cleaned data, 80/20, grouped and stratified; returns the paths and a clean summary."""
-    from cellnet.data import clean, holdout_split, load
-    from cellnet.data.clean import save_npz
+def prepare_out(out: Path) -> None:
+    """Create `out`, or reuse one this benchmark made before; never delete a folder it did not make."""
+    import shutil
 
-    data, report = clean(load(str(data_dir), image_size=image_size))
-    train_idx, test_idx = holdout_split(data.labels, data.groups, 0.2, seed, classes=data.classes)
-    return (
-        save_npz(data.subset(train_idx), out / "train.npz"),
-        save_npz(data.subset(test_idx), out / "test.npz"),
-        (report.summary()),
-    )
+    if out.exists():
+        if not (out / MARKER).is_file():
+            raise SystemExit(f"error: --out {out} exists and was not made by this benchmark; choose another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by bench/bench_real_cells.py\n")
+
+
+def own_ray_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
 def run(cmd: list[str], log: Path) -> float:
-    """Run a command with its output in `log`; its wall time in seconds (a failure is an error naming the log)."""
+    """Run `cmd` with its output in `log`; its wall time (a failure is an error naming the log)."""
     start = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=own_ray_env())
@@ -61,106 +65,142 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def own_ray_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def score(checkpoint: Path, test_npz: Path) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
 
-
-def search_compute(run_dir: Path, n_train: int) -> tuple[float, dict[str, Any]]:
-    """Training images the search processed (every fold-epoch of every trial, plus the retrain) and its summary."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    k = int(summary["search"]["folds"])
-    images = float(summary["fold_epochs"]) * n_train * (k - 1) / k
-    images += float(summary["retrain"]["epochs"]) * n_train
-    return images, summary
-
-
-def evaluate_on(checkpoint: Path, test: Path, out: Path) -> dict[str, Any]:
     from cellnet.checkpoint import load_checkpoint
     from cellnet.data import load
-    from cellnet.evaluate import evaluate
+    from cellnet.predict import predict_images
 
     ckpt = load_checkpoint(checkpoint)
-    metrics = evaluate(ckpt, load(str(test), image_size=ckpt.image_size), out, where=str(test))
-    return dict(metrics["clean"])
+    test = load(str(test_npz), image_size=ckpt.image_size)
+    pred = predict_images(ckpt, test.images).argmax(axis=1)
+    return {
+        "accuracy": float(accuracy_score(test.labels, pred)),
+        "macro_f1": float(f1_score(test.labels, pred, average="macro")),
+    }
+
+
+def space_with(space: Path, sets: list[str], out: Path) -> Path:
+    """The space YAML with `--set section.key=value` overrides (YAML values), written to `out`."""
+    raw = yaml.safe_load(space.read_text())
+    raw.setdefault("retrain", {})["mode"] = "both"
+    for item in sets:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    path = out / "space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def duel(seed: int, space: Path, out: Path, *, design: bool, image_size: int) -> dict[str, Any]:
+    """One split: search (both deployments) vs the plain script at the search's wall time, scored on the 20%."""
+    from bench.real_data import split
+    from cellnet.data import holdout_split
+    from cellnet.data.clean import save_npz
+
+    train, test = split(image_size, seed)
+    if design:  # the inner holdout of split `seed`'s training part plays the test set
+        tr, te = holdout_split(train.labels, train.groups, 0.2, seed, classes=train.classes)
+        train, test = train.subset(tr), train.subset(te)
+    out.mkdir(parents=True, exist_ok=True)
+    train_npz, test_npz = save_npz(train, out / "train.npz"), save_npz(test, out / "test.npz")
+    py = sys.executable
+    run_dir = out / "search"
+    wall = run(
+        [py, "-m", "search.run", str(space), "--data", str(train_npz), "--storage", str(run_dir), "--seed", str(seed)],
+        out / "search.log",
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    folds_wall = float(summary["folds"]["wall_s"])  # the search's wall when best_folds/ was saved (no retrain yet)
+    plain = {}
+    for name, budget in (("plain", wall), ("plain_folds", folds_wall)):
+        res = out / f"{name}.json"
+        run(
+            [py, "-m", "bench.plain_timm", "--train", str(train_npz), "--test", str(test_npz)]
+            + ["--budget-s", f"{budget:.0f}", "--seed", str(seed), "--json", str(res)],
+            out / f"{name}.log",
+        )
+        plain[name] = json.loads(res.read_text())
+    row = {
+        "seed": seed,
+        "n_train": len(train),
+        "n_test": len(test),
+        "search_wall_s": wall,
+        "folds_wall_s": folds_wall,
+        "refit": score(run_dir / "best", test_npz),
+        "folds": score(run_dir / "best_folds", test_npz),
+        "plain": plain["plain"],
+        "plain_at_folds_wall": plain["plain_folds"],
+        "winner": {k: summary["best"].get(k) for k in ("trial_id", "params", "best_epoch")},
+        "cv_accuracy": summary["best"]["cv"]["cv_accuracy"],
+        "oof_accuracy": summary.get("folds", {}).get("oof_accuracy"),
+        "trials": summary["trials"],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}" if values else "-"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'model':<34}{'wall s (mean)':>14}{'test accuracy':>22}{'test macro F1':>22}",
+    ]
+    entries = [
+        ("plain script (wall = refit's W)", "plain", "search_wall_s"),
+        ("search, refit winner (best/)", "refit", "search_wall_s"),
+        ("plain script (wall = ensemble's)", "plain_at_folds_wall", "folds_wall_s"),
+        ("search, fold ensemble (best_folds/)", "folds", "folds_wall_s"),
+    ]
+    for label, key, wall in entries:
+        acc = [r[key]["accuracy"] for r in rows]
+        f1 = [r[key]["macro_f1"] for r in rows]
+        w = statistics.mean(r[wall] for r in rows)
+        lines.append(f"{label:<34}{w:>14.0f}{_mean_sd(acc):>22}{_mean_sd(f1):>22}")
+    gap_refit = [r["refit"]["accuracy"] - r["plain"]["accuracy"] for r in rows]
+    gap_folds = [r["folds"]["accuracy"] - r["plain_at_folds_wall"]["accuracy"] for r in rows]
+    lines.append(
+        f"refit - plain: {_mean_sd(gap_refit)}   fold ensemble - plain: {_mean_sd(gap_folds)}   (target +0.01)"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="skip (this benchmark has no small mode)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder, one subfolder per class")
+    parser.add_argument("--space", type=Path, default=REPO / "spaces" / "cpu_small.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test split and the search")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-real-cells")
+    parser.add_argument("--design", action="store_true", help="duel inside split 0's training part (for choices)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the space")
+    parser.add_argument("--out", type=Path, default=BENCH_OUT)
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    from bench.real_data import DEFAULT_DATA
+
     if args.quick:
-        print("bench_real_cells: skipped in --quick mode (~15 min on 2 cores; run `python -m bench.bench_real_cells`)")
+        print("bench_real_cells: skipped in --quick mode (~15-40 min per seed; run `python -m bench.bench_real_cells`)")
         return 0
-    if not args.data.is_dir():
-        print(f"bench_real_cells: skipped, no image folder at {args.data} (pass --data DIR)")
+    if not DEFAULT_DATA.is_dir():
+        print(f"bench_real_cells: skipped, no image folder at {DEFAULT_DATA}")
         return 0
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
-    train, test, cleaned = split(args.data, args.image_size, args.seed, args.out)
-    n_train = int(len(np.load(train)["labels"]))
-    print(f"data: {args.data} at {args.image_size}px; cleaning: {cleaned}")
-    print(f"split: {n_train} search/train images, test set {test}", flush=True)
-
-    py = sys.executable
-    run_dir = args.out / "search"
-    search_s = run(
-        [py, "-m", "search.run", "spaces/cpu_small.yaml", "--data", str(train), "--test", str(test)]
-        + ["--storage", str(run_dir), "--seed", str(args.seed)],
-        args.out / "search.log",
-    )
-    images, summary = search_compute(run_dir, n_train)
-    search_test = evaluate_on(run_dir / "best", test, args.out / "search-test")
-
-    base_cfg = yaml.safe_load((REPO / "spaces" / "baseline.yaml").read_text())
-    val_fraction = float(base_cfg["train"].get("val_fraction", 0.2))
-    epochs = max(1, round(images / (n_train * (1 - val_fraction))))
-    base_cfg["data"]["image_size"] = args.image_size
-    base_cfg["space"]["epochs"] = epochs
-    base_cfg["train"]["early_stopping_patience"] = epochs  # spend the whole budget; the best epoch is kept
-    base_yaml = args.out / "baseline.yaml"
-    base_yaml.write_text(yaml.safe_dump(base_cfg, sort_keys=False))
-    base_dir = args.out / "baseline"
-    base_s = run(
-        [py, "-m", "cellnet", "train", str(base_yaml), "--data", str(train), "--out", str(base_dir), "--no-clean"]
-        + ["--seed", str(args.seed)],
-        args.out / "baseline.log",
-    )
-    base_meta = json.loads((base_dir / "cellnet.json").read_text())
-    base_history = pd.read_csv(base_dir / "history.csv")
-    base_test = evaluate_on(base_dir, test, args.out / "baseline-test")
-
-    best = summary["best"]
-    params = json.dumps(best.get("params", {}), sort_keys=True)
-    rows = [
-        ("search (TPE+ASHA, 2-fold CV)", best["cv"]["cv_accuracy"], search_test, images, search_s),
-        (
-            f"single run ({epochs} epochs)",
-            float(base_history["val_accuracy"].max()),
-            base_test,
-            epochs * n_train * (1 - val_fraction),
-            base_s,
-        ),
-    ]
-    print(f"\n# real cells: {args.data.name}, {args.image_size}px, mobilenetv3_small_050 from scratch, CPU")
-    print(f"{'method':<32}{'cv/val acc':>11}{'test acc':>10}{'test F1':>9}{'images':>11}{'wall s':>9}")
-    for name, val, t, imgs, wall in rows:
-        print(f"{name:<32}{val:>11.4f}{t['accuracy']:>10.4f}{t['macro_f1']:>9.4f}{imgs:>11.0f}{wall:>9.0f}")
-    ratio = search_test["accuracy"] - base_test["accuracy"]
+    prepare_out(args.out)
+    space = space_with(args.space, args.set, args.out)
+    rows = [duel(s, space, args.out / f"seed{s}", design=args.design, image_size=args.image_size) for s in args.seeds]
+    what = "design holdout inside split 0" if args.design else "held-out 20%"
     print(
-        f"test accuracy, search - single run: {ratio:+.4f}   (same test set, compute ratio {images / rows[1][3]:.2f})"
+        f"\n# duel on pbc-sample at {args.image_size}px, {args.space.name} {' '.join(args.set)}, "
+        f"seeds {args.seeds}, {what}"
     )
-    print(f"winner: {best.get('trial_id')} {params}, retrained {summary['retrain']['epochs']} epochs")
-    print(f"baseline best epoch: {base_meta.get('metrics', {}).get('best_epoch', '?')}")
-    result = {
-        "search": {"cv_accuracy": best["cv"]["cv_accuracy"], "test": search_test, "images": images, "wall_s": search_s},
-        "baseline": {"epochs": epochs, "test": base_test, "wall_s": base_s},
-        "winner": {"trial_id": best.get("trial_id"), "params": best.get("params")},
-    }
-    (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 

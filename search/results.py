@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import time
@@ -28,8 +29,10 @@ import numpy as np
 import pandas as pd
 
 from cellnet.config import ExperimentConfig, Param, TrainConfig
+from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
 
+log = logging.getLogger(__name__)
 STATUSES = ("completed", "stopped_early", "failed")
 _BEST_COLUMNS = (
     "cv_accuracy",
@@ -220,14 +223,16 @@ def _model_cost(
     """(parameter count, CPU ms per image) of the trial's model, once per distinct architecture; NaN if unbuildable."""
     try:
         tc = cfg.train_config(params, pretrained=False, weights_file=None)
-    except Exception:
+    except ConfigError as e:  # params outside today's space (edited between runs): no cost, said so
+        log.warning("trials.csv: no model cost for params %s: %s", params, e)
         return math.nan, math.nan
     size = tc.input_size or cfg.data.image_size
     key = (tc.backbone, tc.head_layers, tc.head_width, tc.head_batchnorm, size, num_classes)
     if key not in cache:
         try:
             cache[key] = model_cost(tc, num_classes, size)
-        except Exception:  # a backbone that cannot be built here: leave the cost blank, not the whole table
+        except (RuntimeError, ValueError, ConfigError) as e:  # a model that cannot be built or run here
+            log.warning("trials.csv: no num_params/cpu_latency_ms for %s at %d px: %s", tc.backbone, size, e)
             cache[key] = (math.nan, math.nan)
     return cache[key]
 

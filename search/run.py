@@ -32,6 +32,7 @@ from search import resources
 from search.space import check_points, describe
 
 SEARCH_CONFIG = "search_config.yaml"
+SPACE_AS_GIVEN = "space_as_given.yaml"  # the YAML before flags, to notice an edited space on --resume
 TUNE_DIR = "tune"
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the resolved config, space and resource plan; run nothing"
     )
     p.add_argument("--no-retrain", action="store_true", help="skip retraining the winner (and the test evaluation)")
+    p.add_argument("--verbose", action="store_true", help="Ray Tune's own status tables instead of one line per event")
     p.add_argument("--debug", action="store_true", help="tracebacks and Ray worker logs")
     return p
 
@@ -84,8 +86,49 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
 
 
+# What --resume may change: how many trials, for how long, on what, how spread, what is deployed at the end and how
+# it is tested. Everything else (data, folds, seeds, space, metric, epochs, training) must be what the trials ran.
+RESUME_SAFE = {
+    ("data", "test"),
+    ("search", "num_samples"),
+    ("search", "time_budget_s"),
+    ("search", "checkpoint_every"),
+    *(("resources", k) for k in ("cpus_per_fold", "gpus_per_fold", "max_concurrent")),
+    *(("retrain", k) for k in ("mode", "epochs")),
+    *(("calibration", k) for k in ("coverage", "ood_false_alarm")),
+}
+FLAG_OF = {
+    ("data", "source"): "--data",
+    ("cv", "folds"): "--folds",
+    ("cv", "seed"): "--seed",
+    ("search", "seed"): "--seed",
+    ("search", "max_epochs"): "--max-epochs",
+}
+
+
+def resume_conflicts(stored: ExperimentConfig, requested: ExperimentConfig) -> list[str]:
+    """Every difference between the run's stored config and the one asked for that --resume must refuse, as
+    'what (asked) vs stored value'; [] when the search can continue exactly as it started."""
+    old, new = stored.to_dict(), requested.to_dict()
+    problems = []
+    for section in old:
+        a, b = old[section], new.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                problems.append(f"{section} {b!r} (stored: {a!r})")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if (section, key) in RESUME_SAFE or a.get(key) == b.get(key):
+                continue
+            what = FLAG_OF.get((section, key), f"{section}.{key}")
+            problems.append(f"{what} {b.get(key)!r} (stored {section}.{key}: {a.get(key)!r})")
+    return problems
+
+
 def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
-    """The config (on --resume: the run's stored one, with the flags on top) and the absolute run directory."""
+    """The config (on --resume: the run's stored one, with the resume-safe flags on top) and the absolute run
+    directory. --resume refuses any other change -- a flag that differs from the stored value, or a YAML edited
+    since the search started -- so restored trials continue on exactly their data and folds."""
     over = overrides_from(args)
     cfg = load_config(args.config, over)
     run_dir = Path(args.storage or Path("runs") / cfg.name).expanduser().resolve()
@@ -93,7 +136,18 @@ def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
     if args.resume:
         if not (run_dir / TUNE_DIR).is_dir() or not stored.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no search to resume (no {TUNE_DIR}/ or {SEARCH_CONFIG})")
-        cfg = load_config(stored, over)
+        before = load_config(stored)
+        conflicts = resume_conflicts(before, load_config(stored, over))
+        given = run_dir / SPACE_AS_GIVEN
+        if given.is_file():
+            conflicts += [f"{args.config}: {c}" for c in resume_conflicts(load_config(given), load_config(args.config))]
+        if conflicts:
+            raise ConfigError(
+                f"--resume: the search in {run_dir} must continue on exactly what it started with, but asked for "
+                f"{'; '.join(conflicts)}. Resume without the change, or start a new search with --storage DIR"
+            )
+        safe = {sec: {k: v for k, v in values.items() if (sec, k) in RESUME_SAFE} for sec, values in over.items()}
+        cfg = load_config(stored, safe)
     elif (run_dir / TUNE_DIR).exists() and not args.dry_run:
         raise ConfigError(
             f"{run_dir} already holds a search; pass --resume to continue it or --storage DIR for a new one"
@@ -211,15 +265,19 @@ def tuner_for(
     resume: bool,
     tell_pruned: bool = True,
     stopper: Any = None,
+    verbose: bool = False,
 ) -> Any:
-    """The Tuner of a new search, or the restored one (`resume`). `tell_pruned=False` tells Optuna COMPLETE for
-    early-stopped trials (Ray's behaviour); `stopper` (a ray.tune.Stopper, new searches only) can end trials or the
-    whole search early. Both exist for bench/bench_search.py; the defaults are what the search runs with."""
+    """The Tuner of a new search, or the restored one (`resume`, which keeps the first run's reporting).
+    `tell_pruned=False` tells Optuna COMPLETE for early-stopped trials (Ray's behaviour); `stopper` (a
+    ray.tune.Stopper, new searches only) can end trials or the whole search early. Both exist for
+    bench/bench_search.py; the defaults are what the search runs with. `verbose`: Ray's own status tables instead of
+    our one-line-per-event reporter (search/console.py)."""
     from ray import tune
 
+    from search.console import ConsoleReporter
     from search.optuna_pruned import make_searcher
     from search.tensorboard import TensorBoardHParamsCallback
-    from search.trainable import run_trial
+    from search.trainable import run_trial, rung_epochs
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, plan=plan, refs=refs, run_dir=str(run_dir)), dict(plan.driver)
@@ -230,9 +288,12 @@ def tuner_for(
         if cfg.search.num_samples < before:
             print(f"note: the search already has {before} trials; --num-samples {cfg.search.num_samples} ignored")
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
-    callback = TensorBoardHParamsCallback(
-        run_dir / "tensorboard", cfg.searched(), cfg.search.max_epochs, cfg.search.metric, cfg.search.mode
-    )
+    s = cfg.search
+    callbacks: list[Any] = [
+        TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)
+    ]
+    if not verbose:
+        callbacks.append(ConsoleReporter(s.metric, s.mode, s.max_epochs, rung_epochs(cfg), s.num_samples))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -251,9 +312,9 @@ def tuner_for(
             storage_path=str(run_dir),
             name=TUNE_DIR,
             stop=stopper,
-            callbacks=[callback],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0),  # retries happen in Ray Train (trainable.py)
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -300,13 +361,23 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         resources.storage_probe(str(run_dir))
         print("\n".join(["resource plan:", *plan.describe()]))
         write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
+        if not args.resume:
+            write_yaml(run_dir / SPACE_AS_GIVEN, load_config(args.config).to_dict())
         refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds), "shifted": ray.put(loaded.shifted)}
-        grid = tuner_for(cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper).fit()
+        print(
+            f"search: {cfg.search.num_samples} trials x up to {cfg.search.max_epochs} epochs x {cfg.cv.folds} folds on "
+            f"{len(loaded.data)} images; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+            flush=True,
+        )
+        tuner = tuner_for(
+            cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper, verbose=args.verbose
+        )
+        grid = tuner.fit()
         left = unfinished(grid)
         if left:
             print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
             return 130
-        finish(cfg, run_dir, grid, loaded, refs, time.time() - started, retrain_winner=not args.no_retrain)
+        finish(cfg, run_dir, grid, loaded, refs, started, retrain_winner=not args.no_retrain)
     finally:
         if owns_ray:
             disconnect(previous_env)
@@ -319,7 +390,7 @@ def finish(
     grid: Any,
     loaded: Any,
     refs: dict[str, Any],
-    wall_time_s: float,
+    started: float,
     *,
     retrain_winner: bool = True,
 ) -> None:
@@ -342,7 +413,7 @@ def finish(
         records_from_result_grid(grid),
         run_dir,
         num_classes=len(data.classes),
-        wall_time_s=wall_time_s,
+        wall_time_s=time.time() - started,
         provenance=prov,
         test=loaded.test_summary(cfg.data.test),
     )
@@ -362,6 +433,7 @@ def finish(
         deployed["folds"], sections["folds"] = save_fold_ensemble(
             cfg, run_dir, out, loaded, winner, run_dir / ("best" if mode == "folds" else "best_folds"), prov
         )
+        sections["folds"]["wall_s"] = time.time() - started  # the whole run up to a deployable ensemble
     if mode in ("refit", "both"):
         if not retrain_winner or out.retrain_epochs is None:
             print(
@@ -391,6 +463,7 @@ def finish(
                 "epochs": out.retrain_epochs,
                 "schedule_epochs": out.retrain_schedule_epochs,
                 "calibrated": winner is not None,
+                "wall_s": time.time() - started,  # the whole run up to a deployable refit
             }
             print(f"winner saved to {path}")
     prune_fold_files(run_dir, out.best_trial_id, out.best_epoch)
@@ -509,17 +582,33 @@ def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: Any, winner: Winn
     )
 
 
+def test_line(metrics: dict[str, Any]) -> str:
+    """One line of a deployed checkpoint's test-set figures (the full report is in report/test_<name>/)."""
+    m = metrics["clean"]
+    line = f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}"
+    trust = metrics.get("trust")
+    if trust:
+        cov = trust["coverage"]
+        line += (
+            f", sets at {trust['coverage_target']:g}: coverage {cov['coverage']:.4f}, mean size "
+            f"{cov['mean_set_size']:.2f}, wrong flagged {trust['flags']['share_wrong_flagged'] or 0:.0%}"
+        )
+    return line
+
+
 def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: Any) -> dict[str, Any]:
     """Each deployed checkpoint scored once on the held-out --test set (reported, never used to choose anything)."""
     from cellnet.checkpoint import load_checkpoint
-    from cellnet.evaluate import evaluate, summary_table
+    from cellnet.evaluate import evaluate
 
     section: dict[str, Any] = {}
     for name, path in deployed.items():
         where = cfg.data.test or "test"
         metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where)
         section[name] = metrics["clean"]
-        print(f"\ntest set, {name} ({where}, {len(test)} images):\n{summary_table(metrics)}")
+        if metrics.get("trust"):
+            section[name] = {**section[name], "trust": metrics["trust"]}
+        print(f"test set ({where}, {len(test)} images), {name}: {test_line(metrics)}")
     if "refit" in section:  # `clean` stays the deployed best/'s numbers, as before
         section["clean"] = section["refit"]
     elif "folds" in section:

@@ -193,6 +193,9 @@ def test_shared_storage_is_mounted_on_every_node(name: str) -> None:
     init = " ".join(config["initialization_commands"])  # runs on the head and on every worker
     assert f"mountpoint -q {STORAGE}" in init and "mount -t nfs4" in init
     assert f"--storage {STORAGE}/runs/" in DOC.read_text()
+    # only the search's account may write the run directories (Tune's state there is unpickled on --resume)
+    assert f"chmod 700 {STORAGE}/runs" in init
+    assert "Write access to the shared storage is code execution" in DOC.read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------

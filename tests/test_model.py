@@ -112,7 +112,10 @@ def test_input_size_resizes_train_and_eval() -> None:
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     assert train_transform(0.5, 32, 48)(image=image)["image"].shape == (48, 48, 3)
     assert eval_transform(32, 48)(image=image)["image"].shape == (48, 48, 3)
-    assert eval_transform(32)(image=image)["image"] is image or True
+    image[3, 5] = (10, 20, 30)
+    same = eval_transform(32)(image=image)["image"]  # no input_size: the pixels pass through unchanged
+    assert same.shape == (32, 32, 3) and np.array_equal(same, image)
+    assert len(eval_transform(32).transforms) == 0
     model = build_model(replace(CFG, input_size=48), 3).eval()
     assert model(torch.randn(1, 3, 48, 48)).shape == (1, 3)
 

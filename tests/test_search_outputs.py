@@ -427,3 +427,48 @@ def test_under_tune_with_asha(ray_cluster, tmp_path):
     assert {g: v for g, v in stopped.items() if v is not None} == {
         t: float(s == "stopped_early") for t, s in by_id.items() if s != "failed"
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The terminal
+
+
+def test_console_reporter_prints_a_line_per_event_and_the_demo_fits_in_60_lines(tmp_path):
+    """The default terminal: one line per trial start, ASHA rung, end and best-so-far change -- no Ray boxes. The
+    demo's search (spaces/quickstart.yaml: 6 trials, rungs at epochs 1 and 2 of 4) plus the leaderboard stays under
+    60 lines, counted by driving the reporter the way Tune's controller does."""
+    import io
+
+    from search.console import ConsoleReporter
+    from search.trainable import rung_epochs
+
+    import yaml
+
+    quickstart = Path(__file__).resolve().parents[1] / "spaces" / "quickstart.yaml"
+    cfg = parse_config(yaml.safe_load(quickstart.read_text()), "quickstart.yaml")
+    s = cfg.search
+    out = io.StringIO()
+    reporter = ConsoleReporter(s.metric, s.mode, s.max_epochs, rung_epochs(cfg), s.num_samples, stream=out)
+    curves = [[0.3, 0.5, 0.6, 0.7], [0.2], [0.4, 0.45], [0.5, 0.6, 0.65, 0.72], [0.1], [0.35, 0.5, 0.55, 0.6]]
+    records = []
+    for i, accs in enumerate(curves):
+        tid = f"trial{i}"
+        params = {"backbone": "test_resnet", "lr": 3.2e-4 * (i + 1), "dropout": 0.1234, "head_layers": 1}
+        reporter.on_trial_start(0, [], SimpleNamespace(trial_id=tid, config={"params": params}))
+        rows = epoch_rows(accs, t0=10.0 * i)
+        for _, row in rows.iterrows():
+            reporter.on_trial_result(0, [], SimpleNamespace(trial_id=tid), row.to_dict())
+        reporter.on_trial_complete(0, [], SimpleNamespace(trial_id=tid))
+        records.append(TrialRecord(tid, params, rows))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "trial 1/6 trial0 started: backbone=test_resnet lr=3.2e-04 dropout=0.123 head_layers=1"
+    assert "trial 1/6 trial0 epoch 1 (ASHA rung): cv_accuracy 0.3000" in lines
+    assert (
+        "trial 2/6 trial1 stopped early at epoch 1 (ASHA or time budget): cv_accuracy 0.2000 (best epoch 1), 1s"
+        in lines
+    )
+    assert lines.count("best so far: trial3 cv_accuracy 0.7200 (trial 4)") == 1
+    assert not any("best so far: trial1" in ln for ln in lines)  # 0.2 never beat the 0.7 before it
+    assert not any("│" in ln or "Trial status" in ln for ln in lines)
+    board = results.format_leaderboard(cfg, results.trials_table(cfg, records, num_classes=8, measure_cost=False))
+    assert len(lines) + len(board.splitlines()) <= 60
