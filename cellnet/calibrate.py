@@ -481,9 +481,7 @@ class Calibration:
             if ood_meta is not None:
                 means, precision = np.asarray(tensors["ood_means"]), np.asarray(tensors["ood_precision"])
                 if means.ndim != 3 or precision.ndim != 3 or len(means) != len(precision):
-                    raise ValueError(
-                        f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)"
-                    )
+                    raise ValueError(f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)")
                 members = tuple(MahalanobisStats(m, p) for m, p in zip(means, precision))
                 if members[0].means.shape[1] != ood_meta["feature_dim"]:
                     raise ValueError(

@@ -69,6 +69,23 @@ class Checkpoint:
         return len(self.model.members) if isinstance(self.model, FoldEnsemble) else 1
 
 
+def in_memory(model: nn.Module, config: TrainConfig, classes: Sequence[str], image_size: int) -> Checkpoint:
+    """A Checkpoint around a model in memory (what `load_checkpoint` would give for it saved), for `predict`/`infer`
+    on fold models or a fresh `fit` result without writing anything."""
+    from cellnet.model import model_normalisation
+
+    mean, std = model_normalisation(model)
+    return Checkpoint(
+        model=model,  # type: ignore[arg-type]
+        config=config,
+        classes=tuple(classes),
+        image_size=int(image_size),
+        input_size=config.input_size,
+        mean=mean,
+        std=std,
+    )
+
+
 def save_checkpoint(
     out_dir: str | Path,
     model: nn.Module,

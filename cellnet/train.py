@@ -286,25 +286,28 @@ def build_optimizer(model: CellNet, config: TrainConfig) -> torch.optim.Optimize
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
-    """cosine: linear warm-up for `warmup_epochs`, then cosine decay, stepped per iteration over `epochs`;
-    constant: the same warm-up, then flat; plateau: ReduceLROnPlateau on the validation loss, stepped per epoch."""
+    """cosine: linear warm-up for `warmup_epochs`, then cosine decay to lr x COSINE_FLOOR by the end of `epochs`;
+    constant: the same warm-up, then flat -- both timm schedulers stepped per iteration (`step_update`);
+    plateau: torch's ReduceLROnPlateau on the validation loss, stepped per epoch."""
+    from timm.scheduler import create_scheduler_v2
+
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
         )
-    total = max(1, config.epochs * steps_per_epoch)
-    warm = min(config.warmup_epochs * steps_per_epoch, total - 1)
-    cosine = config.schedule == "cosine"
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if not cosine:
-            return 1.0
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    warm = min(config.warmup_epochs, config.epochs - 1)  # at least one epoch of the schedule itself
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=config.schedule,
+        num_epochs=config.epochs - warm,
+        warmup_epochs=warm,
+        warmup_prefix=True,  # warm-up first, then the whole cosine: `epochs` in all
+        warmup_lr=config.lr / max(1, warm * steps_per_epoch),
+        min_lr=config.lr * COSINE_FLOOR,
+        step_on_epochs=False,
+        updates_per_epoch=max(1, steps_per_epoch),
+    )
+    return scheduler
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,6 +336,36 @@ class FitResult:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     config: TrainConfig = field(default_factory=TrainConfig)
     stopped_early: bool = False
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far of one run -- by val_accuracy (the first of equal ones), or simply the last epoch when
+    there is no validation -- and a CPU copy of its weights (None: the live weights are the best ones)."""
+
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module, *, has_val: bool) -> bool:
+        """Record `epoch` if it is the new best; True when it was."""
+        if has_val and self.metrics and not metrics["val_accuracy"] > self.metrics["val_accuracy"]:
+            return False
+        self.epoch, self.metrics = epoch, dict(metrics)
+        self.weights = _copy_state(model) if has_val else None
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.epoch,
+            "best_metrics": dict(self.metrics),
+            "best_weights": None if self.weights is None else dict(self.weights),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["best_epoch"])
+        self.metrics = dict(state["best_metrics"])
+        self.weights = None if state["best_weights"] is None else dict(state["best_weights"])
 
 
 class Trainer:
@@ -405,10 +438,8 @@ class Trainer:
         )
 
         self.epoch = 0  # epochs completed
-        self.best_epoch = 0
-        self.best_metrics: dict[str, float] = {}
+        self.best = BestEpoch()
         self.history: list[dict[str, float]] = []
-        self._best_state: dict[str, torch.Tensor] | None = None
 
     # -- one epoch ----------------------------------------------------------------------------------------------
 
@@ -421,7 +452,8 @@ class Trainer:
         torch.manual_seed(seed)  # dropout, drop-path
         np.random.seed(seed)  # timm Mixup draws lambda and the mix/cut choice from numpy
         self.train_loader.batch_sampler.set_epoch(e)  # type: ignore[union-attr]
-        per_iter = isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR)
+        per_iter = hasattr(self.scheduler, "step_update")  # timm: the LR is a function of the update count
+        steps = e * len(self.train_loader)
 
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -447,7 +479,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             if per_iter:
-                self.scheduler.step()
+                steps += 1
+                self.scheduler.step_update(num_updates=steps)
             loss = loss.detach()
             loss_sum += loss * len(y)
             correct += (logits.detach().argmax(dim=1) == y).sum()
@@ -473,9 +506,7 @@ class Trainer:
 
         self.epoch = e + 1
         self.history.append(metrics)
-        if not self.has_val or not self.best_metrics or metrics["val_accuracy"] > self.best_metrics["val_accuracy"]:
-            self.best_epoch, self.best_metrics = self.epoch, dict(metrics)
-            self._best_state = None if not self.has_val else _copy_state(self.core)
+        self.best.update(self.epoch, metrics, self.core, has_val=self.has_val)
         return metrics
 
     def _set_trainable(self, *, frozen: bool) -> None:
@@ -539,11 +570,19 @@ class Trainer:
 
     # -- best weights and exact resume ----------------------------------------------------------------------
 
+    @property
+    def best_epoch(self) -> int:
+        return self.best.epoch
+
+    @property
+    def best_metrics(self) -> dict[str, float]:
+        return self.best.metrics
+
     def best_weights(self) -> dict[str, torch.Tensor]:
         """A copy of the best epoch's weights (by val_accuracy; the last epoch when there is no validation)."""
-        if self._best_state is None:
+        if self.best.weights is None:
             return _copy_state(self.core)
-        return {k: v.clone() for k, v in self._best_state.items()}
+        return {k: v.clone() for k, v in self.best.weights.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue this run exactly (torch.save-able; tensors on CPU)."""
@@ -553,9 +592,7 @@ class Trainer:
             "model": _copy_state(self.core),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
-            "best_epoch": self.best_epoch,
-            "best_metrics": dict(self.best_metrics),
-            "best_weights": None if self._best_state is None else dict(self._best_state),
+            **self.best.state_dict(),
             "history": [dict(h) for h in self.history],
         }
 
@@ -567,9 +604,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
-        self.best_epoch = int(state["best_epoch"])
-        self.best_metrics = dict(state["best_metrics"])
-        self._best_state = None if state["best_weights"] is None else dict(state["best_weights"])
+        self.best.load_state_dict(state)
         self.history = [dict(h) for h in state["history"]]
 
 

@@ -112,6 +112,7 @@ class PrunedOptunaSearch(OptunaSearch):
 
 def make_searcher(cfg: ExperimentConfig, *, tell_pruned: bool = True) -> PrunedOptunaSearch:
     """The searcher for `cfg`: define-by-run space, seeded TPE or random sampler, points_to_evaluate enqueued."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" / per-trial INFO lines
     return PrunedOptunaSearch(
         space=define_by_run(cfg),
         metric=cfg.search.metric,

@@ -287,12 +287,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
 
 def shard(data: CellData, rank: int, world: int, *, seed: int = 0) -> CellData:
-    """Rank `rank`'s equal share of a seeded permutation (padded by wrapping, like DistributedSampler), so every
-    worker runs the same number of batches: DDP needs every rank in every all-reduce."""
-    order = np.random.default_rng(seed).permutation(len(data))
-    per_rank = math.ceil(len(data) / world)
-    order = np.resize(order, per_rank * world)  # np.resize repeats from the start
-    return data.subset(order[rank::world])
+    """Rank `rank`'s equal share, as torch's DistributedSampler draws it (a seeded permutation, padded by wrapping),
+    so every worker runs the same number of batches: DDP needs every rank in every all-reduce. Drawn once; each
+    worker's loader then shuffles its share per epoch."""
+    from torch.utils.data import DistributedSampler
+
+    everything: Any = range(len(data))  # the sampler only needs len()
+    sampler: DistributedSampler[int] = DistributedSampler(everything, num_replicas=world, rank=rank, seed=seed)
+    return data.subset(np.fromiter(iter(sampler), dtype=np.int64))
 
 
 def _ddp_class() -> type:

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved config, space and resource plan; run nothing"
     )
-    p.add_argument("--no-retrain", action="store_true", help="skip retraining the winner (and the test evaluation)")
+    p.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip retraining the winner (retrain.mode refit: deploy nothing, no test evaluation)",
+    )
     p.add_argument("--verbose", action="store_true", help="Ray Tune's own status tables instead of one line per event")
     p.add_argument("--debug", action="store_true", help="tracebacks and Ray worker logs")
     return p
@@ -279,6 +283,7 @@ def tuner_for(
     from search.tensorboard import TensorBoardHParamsCallback
     from search.trainable import run_trial, rung_epochs
 
+    quiet_tune(verbose)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, plan=plan, refs=refs, run_dir=str(run_dir)), dict(plan.driver)
     )
@@ -288,10 +293,11 @@ def tuner_for(
         if cfg.search.num_samples < before:
             print(f"note: the search already has {before} trials; --num-samples {cfg.search.num_samples} ignored")
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     s = cfg.search
-    callbacks: list[Any] = [
-        TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)
-    ]
+    callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from
+    callbacks += [TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)]
     if not verbose:
         callbacks.append(ConsoleReporter(s.metric, s.mode, s.max_epochs, rung_epochs(cfg), s.num_samples))
     return tune.Tuner(
@@ -317,6 +323,16 @@ def tuner_for(
             verbose=1 if verbose else 0,
         ),
     )
+
+
+def quiet_tune(verbose: bool) -> None:
+    """Tune's own terminal output off unless `verbose`: its new-style reporter prints an experiment heading and a
+    TensorBoard hint for its per-trial tfevents (not this project's logs) even at verbose=0; the old-style one with
+    verbose=0 prints nothing. Tune's automatic TensorBoardX logger is dropped too (search/tensorboard.py writes ours);
+    its CSV/JSON loggers are added explicitly (`tuner_for`). Ray's warnings are logging records: still shown."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
 def unfinished(grid: Any) -> int:
@@ -427,7 +443,9 @@ def finish(
     sections: dict[str, Any] = {}
     deployed: dict[str, Path] = {}
     mode = cfg.retrain.mode
-    winner = fold_outputs(cfg, run_dir, out, loaded, required=mode != "refit")
+    # a refit-only deployment with --no-retrain deploys nothing, so it needs no out-of-fold calibration either
+    needed = mode != "refit" or (retrain_winner and out.retrain_epochs is not None)
+    winner = fold_outputs(cfg, run_dir, out, loaded, required=mode != "refit") if needed else None
     if mode in ("folds", "both"):
         assert winner is not None
         deployed["folds"], sections["folds"] = save_fold_ensemble(

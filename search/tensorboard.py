@@ -13,6 +13,9 @@ Per-epoch tags: `cv/accuracy`, `cv/accuracy_std`, `cv/macro_f1`, ... (`cv_*` met
 `hparams/cv_accuracy_std`, `hparams/cv_macro_f1` (at the best epoch), `hparams/cv_accuracy_last`, `hparams/epochs`,
 `hparams/best_epoch`, `hparams/stopped_early` (1 when a scheduler or time budget stopped it before `max_epochs`).
 
+Written with TensorBoard's public, TF-free HParams API (`summary_v2.hparams_config_pb` / `hparams_pb`) and torch's
+public `FileWriter`; only the session end, for which that API has no builder, is assembled here (as v1 does).
+
 Resume-safe: opening a trial's run reads what is already there, so a resumed search does not write a second session
 start and skips epochs it already logged (a trial restored from an older checkpoint re-reports them).
 """
@@ -31,7 +34,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.plugins.hparams import summary_v2 as hp
+from torch.utils.tensorboard.summary import scalar
+from torch.utils.tensorboard.writer import FileWriter
 
 from cellnet.config import Param
 
@@ -82,29 +87,26 @@ def _typed(value: Any, p: Param | None) -> str | float | bool:
     return hparam_value(value)
 
 
-def _hparam_info(name: str, p: Param | None) -> api_pb2.HParamInfo:
-    info = api_pb2.HParamInfo(name=name)
+def _hparam(name: str, p: Param | None) -> hp.HParam:
+    """The HParams plugin's description of one searched parameter: its domain (a choice's values, a range's ends)."""
     if p is None:
-        return info
+        return hp.HParam(name)
     if p.kind == "choice":
-        info.type = _choice_type(p.values)
-        for v in p.values:
-            tv = _typed(v, p)
-            if isinstance(tv, bool):
-                info.domain_discrete.values.add().bool_value = tv
-            elif isinstance(tv, float):
-                info.domain_discrete.values.add().number_value = tv
-            else:
-                info.domain_discrete.values.add().string_value = tv
-    elif p.kind in ("uniform", "loguniform", "int"):
-        info.type = api_pb2.DATA_TYPE_FLOAT64
-        info.domain_interval.min_value = float(p.low)
-        info.domain_interval.max_value = float(p.high)
-    return info
+        return hp.HParam(name, hp.Discrete([_typed(v, p) for v in dict.fromkeys(p.values)]))
+    if p.kind in ("uniform", "loguniform", "int"):
+        return hp.HParam(name, hp.RealInterval(float(p.low), float(p.high)))
+    return hp.HParam(name)
 
 
-def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
-    return Summary(value=[Summary.Value(tag=tag, metadata=hp_metadata.create_summary_metadata(data))])
+def _session_end(failed: bool) -> Summary:
+    """The session-end record (success or failure). The HParams plugin's TF-free public API (summary_v2) has no
+    builder for it; this is what its TF-based v1 `session_end_pb` writes."""
+    status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
+    data = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    )
+    meta = hp_metadata.create_summary_metadata(data)
+    return Summary(value=[Summary.Value(tag=hp_metadata.SESSION_END_INFO_TAG, metadata=meta)])
 
 
 def summary_metric_tags(metric: str) -> list[str]:
@@ -139,7 +141,7 @@ class TensorBoardHParamsCallback(Callback):
         self.max_epochs = int(max_epochs)
         self.metric = metric
         self.mode = mode
-        self._writers: dict[str, SummaryWriter] = {}
+        self._writers: dict[str, FileWriter] = {}
         self._last_step: dict[str, int] = {}
         self._ended: set[str] = set()
 
@@ -173,15 +175,14 @@ class TensorBoardHParamsCallback(Callback):
         self.logdir.mkdir(parents=True, exist_ok=True)
         if _read_run(self.logdir)[2]:
             return
-        experiment = api_pb2.Experiment(
-            name=self.logdir.parent.name,
+        experiment = hp.hparams_config_pb(
+            [_hparam(n, p) for n, p in self.space.items()],
+            [hp.Metric(t) for t in self._metric_tags()],
             time_created_secs=time.time(),
-            hparam_infos=[_hparam_info(n, p) for n, p in self.space.items()],
-            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in self._metric_tags()],
         )
-        with SummaryWriter(str(self.logdir)) as w:
-            data = plugin_data_pb2.HParamsPluginData(experiment=experiment)
-            w._get_file_writer().add_summary(_hparams_summary(hp_metadata.EXPERIMENT_TAG, data))
+        w = FileWriter(str(self.logdir))
+        w.add_summary(experiment)
+        w.close()
 
     def log_epoch(self, trial: Any, result: Mapping[str, Any]) -> None:
         """Per-epoch scalars at step = epoch; an epoch already in the run (resume) is skipped."""
@@ -192,7 +193,7 @@ class TensorBoardHParamsCallback(Callback):
         for key, value in result.items():
             tag = scalar_tag(key)
             if tag is not None and isinstance(value, int | float) and not isinstance(value, bool):
-                w.add_scalar(tag, float(value), step)
+                w.add_summary(scalar(tag, float(value)), step)
         self._last_step[trial.trial_id] = step
         w.flush()
 
@@ -206,11 +207,8 @@ class TensorBoardHParamsCallback(Callback):
         summary = _summary_metrics(curves, self.metric, self.mode, self.max_epochs, failed)
         step = int(summary.get("epochs", 0))
         for name, value in summary.items():
-            w.add_scalar(SUMMARY_PREFIX + name, value, step)
-        status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
-        end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
-        data = plugin_data_pb2.HParamsPluginData(session_end_info=end)
-        w._get_file_writer().add_summary(_hparams_summary(hp_metadata.SESSION_END_INFO_TAG, data))
+            w.add_summary(scalar(SUMMARY_PREFIX + name, value), step)
+        w.add_summary(_session_end(failed))
         w.close()
         del self._writers[trial.trial_id]
         self._ended.add(trial.trial_id)
@@ -224,7 +222,7 @@ class TensorBoardHParamsCallback(Callback):
     def _metric_tags(self) -> list[str]:
         return summary_metric_tags(self.metric) + ["cv/accuracy", "cv/macro_f1", "cv/val_loss"]
 
-    def _writer(self, trial: Any) -> SummaryWriter:
+    def _writer(self, trial: Any) -> FileWriter:
         """The trial's writer; on first use write the session start unless the run already has one (resume)."""
         tid = trial.trial_id
         if tid in self._writers:
@@ -232,27 +230,18 @@ class TensorBoardHParamsCallback(Callback):
         run = self.logdir / tid
         curves, has_start, _ = _read_run(run)
         self._last_step[tid] = max((max(c) for c in curves.values() if c), default=0)
-        w = SummaryWriter(str(run))
+        w = FileWriter(str(run))
         self._writers[tid] = w
         if not has_start:
             params = dict((getattr(trial, "config", None) or {}).get("params") or {})
-            start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time(), group_name=tid)
-            for name, value in params.items():
-                if name in self.space or not self.space:
-                    _set_value(start.hparams[name], _typed(value, self.space.get(name)))
-            data = plugin_data_pb2.HParamsPluginData(session_start_info=start)
-            w._get_file_writer().add_summary(_hparams_summary(hp_metadata.SESSION_START_INFO_TAG, data))
+            typed = {
+                name: _typed(value, self.space.get(name))
+                for name, value in params.items()
+                if name in self.space or not self.space
+            }
+            w.add_summary(hp.hparams_pb(typed, trial_id=tid, start_time_secs=time.time()))
             w.flush()
         return w
-
-
-def _set_value(slot: Any, value: str | float | bool) -> None:
-    if isinstance(value, bool):
-        slot.bool_value = value
-    elif isinstance(value, float):
-        slot.number_value = value
-    else:
-        slot.string_value = value
 
 
 def _read_run(run: Path) -> tuple[dict[str, dict[int, float]], bool, bool]:

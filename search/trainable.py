@@ -178,10 +178,9 @@ def fold_worker(loop: dict[str, Any]) -> None:
             started = loop["trial_started"]
             startup, measure_startup = (entered - started, time.time() - started), False
         cpu0 = time.process_time()  # CPU seconds of this process (all its threads) in the epoch
-        mine: dict[str, float] | None
+        mine: dict[str, Any] | None
         try:
-            epoch_metrics = trainer.train_epoch()
-            mine, error = {**epoch_metrics, "cpu_time_s": time.process_time() - cpu0}, None  # all threads
+            mine, error = dict(trainer.train_epoch()), None
             if shifted is not None:
                 t0 = time.perf_counter()
                 probs = predict_proba(
@@ -195,6 +194,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
                 )
                 mine["shift_accuracy"] = shifted.accuracy_per_shift(probs.argmax(axis=1))
                 mine["shift_eval_s"] = time.perf_counter() - t0
+            mine["cpu_time_s"] = time.process_time() - cpu0  # all threads: training, validation, shifted scoring
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from cellnet.calibrate import Calibration
-from cellnet.checkpoint import Checkpoint
+from cellnet.checkpoint import Checkpoint, in_memory
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CheckpointError
 from cellnet.files import atomic_path
-from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict, model_normalisation
+from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
 from cellnet.predict import infer
 from search.trainable import FOLDS_DIR, fold_model_path
 
@@ -86,16 +86,7 @@ def load_fold_models(config: TrainConfig, folds_dir: Path, k: int, epoch: int, n
 
 def as_checkpoint(model: Any, config: TrainConfig, data: CellData) -> Checkpoint:
     """An in-memory Checkpoint around `model` (for `cellnet.predict.infer`), with the data's classes and size."""
-    mean, std = model_normalisation(model)
-    return Checkpoint(
-        model=model,
-        config=config,
-        classes=data.classes,
-        image_size=data.image_size,
-        input_size=config.input_size,
-        mean=mean,
-        std=std,
-    )
+    return in_memory(model, config, data.classes, data.image_size)
 
 
 def out_of_fold(

@@ -163,10 +163,10 @@ def test_schedules() -> None:
         opt = build_optimizer(model, cfg)
         sched = build_scheduler(opt, cfg, steps)
         out = []
-        for _ in range(epochs * steps):
+        for step in range(epochs * steps):
             out.append(opt.param_groups[0]["lr"])
             opt.step()
-            sched.step()
+            sched.step_update(num_updates=step + 1)  # timm: per-iteration, as Trainer.train_epoch does
         return out
 
     cos = lrs("cosine")

@@ -1,0 +1,139 @@
+"""Robust to the next lab? Train on one framing of real cells, test on the same held-out cells in both framings.
+
+../shared/data/pbc-sample (bench/real_data.py) framed two ways at 64 px -- `crop200` (the centre 200x200 px, the
+MedMNIST framing) and `full` (the whole 360x363 JPEG: the cell ~1.8x smaller) -- the same ids in both, cleaned, a
+grouped stratified 80/20 split per seed. For each seed, training framing and recipe, one single run
+(`cellnet.train.fit`, fixed epochs, no early stopping, 2 threads) on the 80%, then scored once on the 20%:
+
+    clean          the held-out cells in the training framing
+    other framing  the same cells in the other framing (what another lab's microscope/crop does)
+    shift suite    cellnet.shifts on the clean held-out cells: mean and worst accuracy, and per shift
+
+Recipes (`RECIPES`, on top of cpu_small's first point): `default` (today's augmentation) and `robust` (zoom_aug,
+stain_aug), side by side in one run. Nothing here chooses a setting: the recipes are fixed before the run.
+
+    .venv/bin/python -m bench.bench_robustness [--seeds 0 1] [--epochs 16] [--recipes default robust] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+BASE = {
+    "backbone": "resnet10t",
+    "head_layers": 0,
+    "dropout": 0.1,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.1,
+    "aug_strength": 0.5,
+    "batch_size": 64,
+    "warmup_epochs": 1,
+    "device": "cpu",
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "robust": {"zoom_aug": 1.0, "stain_aug": 0.5},
+    "zoom": {"zoom_aug": 1.0},
+    "gn": {"zoom_aug": 1.0, "stain_aug": 0.5, "backbone": "convnext_atto"},
+}
+OTHER = {"crop200": "full", "full": "crop200"}
+
+
+def accuracy(ckpt: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    from cellnet.predict import predict_images
+
+    return float((predict_images(ckpt, images).argmax(axis=1) == labels).mean())
+
+
+def one_run(seed: int, framing: str, recipe: str, epochs: int, size: int) -> dict[str, Any]:
+    from bench.real_data import split
+    from cellnet.checkpoint import in_memory
+    from cellnet.config import TrainConfig
+    from cellnet.shifts import DEFAULT_SUITE, apply_shift
+    from cellnet.train import fit
+
+    train, _ = split(size, seed, framing)
+    tests = {f: split(size, seed, f)[1] for f in ("crop200", "full")}
+    config = TrainConfig(**{**BASE, **RECIPES[recipe], "epochs": epochs, "seed": seed})
+    start = time.perf_counter()
+    result = fit(config, train, None, early_stopping=False)
+    wall = time.perf_counter() - start
+    ckpt = in_memory(result.model, result.config, train.classes, train.image_size)
+    clean = tests[framing]
+    per_shift = {name: accuracy(ckpt, apply_shift(name, clean.images, seed), clean.labels) for name in DEFAULT_SUITE}
+    row = {
+        "seed": seed,
+        "train_framing": framing,
+        "recipe": recipe,
+        "config": {**BASE, **RECIPES[recipe]},
+        "epochs": epochs,
+        "train_wall_s": wall,
+        "clean": accuracy(ckpt, clean.images, clean.labels),
+        "other_framing": accuracy(ckpt, tests[OTHER[framing]].images, tests[OTHER[framing]].labels),
+        "shift_mean": float(np.mean(list(per_shift.values()))),
+        "shift_worst": float(min(per_shift.values())),
+        "per_shift": per_shift,
+    }
+    print(json.dumps({k: v for k, v in row.items() if k not in ("per_shift", "config")}), flush=True)
+    return row
+
+
+def _ms(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="skip (no small mode: ~3 min per run)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--recipes", nargs="+", default=["default", "robust"], choices=sorted(RECIPES))
+    parser.add_argument("--framings", nargs="+", default=["crop200", "full"], choices=sorted(OTHER))
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    from bench.real_data import DEFAULT_DATA
+
+    if args.quick:
+        print("bench_robustness: skipped in --quick mode (~3 min per run; run `python -m bench.bench_robustness`)")
+        return 0
+    if not DEFAULT_DATA.is_dir():
+        print(f"bench_robustness: skipped, no image folder at {DEFAULT_DATA}")
+        return 0
+    os.environ.setdefault("CELLNET_NUM_THREADS", "2")
+    rows = [
+        one_run(seed, framing, recipe, args.epochs, args.size)
+        for seed in args.seeds
+        for framing in args.framings
+        for recipe in args.recipes
+    ]
+    print(f"\n# robustness on pbc-sample at {args.size}px, {args.epochs} epochs, seeds {args.seeds} (mean ± sd)")
+    print(f"{'trained on':<10}{'recipe':<10}{'clean':>16}{'other framing':>16}{'shift mean':>16}{'shift worst':>16}")
+    for framing in args.framings:
+        for recipe in args.recipes:
+            mine = [r for r in rows if r["train_framing"] == framing and r["recipe"] == recipe]
+            cells = [_ms([r[k] for r in mine]) for k in ("clean", "other_framing", "shift_mean", "shift_worst")]
+            print(f"{framing:<10}{recipe:<10}" + "".join(f"{c:>16}" for c in cells))
+    names = list(rows[0]["per_shift"])
+    print(f"\n{'per shift (mean over seeds and framings)':<44}" + "".join(f"{r:>10}" for r in args.recipes))
+    for name in names:
+        vals = [statistics.mean(r["per_shift"][name] for r in rows if r["recipe"] == rec) for rec in args.recipes]
+        print(f"{name:<44}" + "".join(f"{v:>10.3f}" for v in vals))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
