@@ -9,9 +9,7 @@ subcommands, so `cellnet --help` is instant.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,35 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
 # train
 
 
-def data_hash(images: Any, labels: Any) -> str:
-    """sha256 of the image and label bytes: which exact pixels and labels a checkpoint was trained on."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images).data)
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    return h.hexdigest()
-
-
-def git_sha() -> str | None:
-    """The commit of the cellnet source tree (with `+dirty` if it has local changes), or None outside git."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha or None
-
-
 def fixed_train_config(config_path: str, cfg: Any, **overrides: Any) -> Any:
     """The TrainConfig of a config whose space is all fixed values; a searched entry is a ConfigError naming it."""
     searched = cfg.searched()
@@ -264,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cellnet.checkpoint import save_checkpoint
     from cellnet.config import load_config
     from cellnet.progress import progress_bar
+    from cellnet.provenance import data_hash, git_sha
     from cellnet.train import fit
 
     cfg = load_config(args.config, overrides={"data": {"source": args.data, "image_size": args.image_size}})

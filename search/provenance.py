@@ -1,8 +1,8 @@
 """Where a search result came from: code version, data fingerprint, library versions and seeds, as one plain dict.
 
 Written into `summary.json` and the retrained checkpoint's `cellnet.json`. The git SHA and data hash are the same
-functions `cellnet train` uses for its checkpoints (cellnet.cli), so a searched and a hand-trained checkpoint of the
-same cleaned data carry the same data hash.
+functions `cellnet train` uses for its checkpoints (cellnet/provenance.py), so a searched and a hand-trained
+checkpoint of the same cleaned data carry the same data hash.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 from importlib import metadata
 from typing import Any
 
-from cellnet.cli import data_hash as _hash_arrays
-from cellnet.cli import git_sha
 from cellnet.data.dataset import CellData
+from cellnet.provenance import data_hash as _hash_arrays
+from cellnet.provenance import git_sha
 
 LIBRARIES = ("cellnet", "torch", "torchvision", "timm", "numpy", "ray", "optuna", "albumentations", "scikit-learn")
 
