@@ -439,10 +439,10 @@ def test_console_reporter_prints_a_line_per_event_and_the_demo_fits_in_60_lines(
     60 lines, counted by driving the reporter the way Tune's controller does."""
     import io
 
+    import yaml
+
     from search.console import ConsoleReporter
     from search.trainable import rung_epochs
-
-    import yaml
 
     quickstart = Path(__file__).resolve().parents[1] / "spaces" / "quickstart.yaml"
     cfg = parse_config(yaml.safe_load(quickstart.read_text()), "quickstart.yaml")
