@@ -92,12 +92,24 @@ def phash_batch(small_gray: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
+PROGRESS_FROM = 5000  # images: cleaning fewer takes a few seconds and shows no bar
+
+
 def signatures(images: np.ndarray, workers: int | None = None, chunk: int = 256) -> Signatures:
     """Fingerprints of N×S×S×3 uint8 images, computed on threads over chunks (PIL/scipy release the GIL)."""
+    from cellnet.progress import progress_bar
+
     workers = workers or min(4, os.cpu_count() or 1)
     starts = range(0, len(images), chunk)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(lambda s: _signature_chunk(images[s : s + chunk]), starts))
+    shown = None if len(images) >= PROGRESS_FROM else False  # a bar (on a terminal) for the long ones only
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        progress_bar(len(images), "cleaning", "img", enabled=shown) as bar,
+    ):
+        parts = []
+        for part in pool.map(lambda s: _signature_chunk(images[s : s + chunk]), starts):
+            parts.append(part)
+            bar.update(len(part[0]))
     if not parts:
         return Signatures(
             np.empty(0, np.uint64), np.empty(0, "S16"), np.empty((0, THUMB, THUMB), np.float32), np.empty((0, 0))
