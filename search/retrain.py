@@ -71,7 +71,8 @@ def retrain_scaling(
 
     GPU (the default when the cluster has one): one worker per GPU (DDP when > 1), `gpu_worker_cpus` CPUs each.
     CPU: one worker with every CPU of the largest node -- the search is over, nothing else runs, and a retrain on one
-    core of a 2-core machine takes twice as long as it needs to. `cpus_per_worker` overrides the CPU count.
+    core of a 2-core machine takes twice as long as it needs to; `num_workers` > 1 split that node's CPUs between
+    them. `cpus_per_worker` overrides the CPU count.
     """
     gpus = int(sum(n.get("GPU", 0.0) for n in nodes))
     use_gpu = gpus >= 1 if use_gpu is None else use_gpu
@@ -79,8 +80,11 @@ def retrain_scaling(
         cpus = float(cpus_per_worker or gpu_worker_cpus)
         return RetrainScaling(num_workers or max(1, gpus), True, {"CPU": cpus, "GPU": 1.0}, max(1, math.floor(cpus)))
     node_cpus = max((float(n.get("CPU", 0.0)) for n in nodes), default=1.0)
-    cpus = float(cpus_per_worker or max(1.0, node_cpus))
-    return RetrainScaling(num_workers or 1, False, {"CPU": cpus}, max(1, math.floor(cpus)))
+    workers = num_workers or 1
+    # Several CPU workers (the DDP path exercised without GPUs) share the node: each asking for all of it would
+    # wait forever for a second node.
+    cpus = float(cpus_per_worker or max(1.0, math.floor(node_cpus / workers)))
+    return RetrainScaling(workers, False, {"CPU": cpus}, max(1, math.floor(cpus)))
 
 
 def retrain(

@@ -58,6 +58,9 @@ def test_cpu_retrain_asks_for_every_cpu_of_the_largest_node():
     cluster = rt.retrain_scaling([{"CPU": 4.0}, {"CPU": 16.0}, {"CPU": 8.0}])
     assert cluster.resources_per_worker == {"CPU": 16.0} and cluster.threads == 16
     assert rt.retrain_scaling([{"CPU": 2.0}], cpus_per_worker=1).resources_per_worker == {"CPU": 1.0}
+    # two CPU workers (DDP without GPUs) share the node instead of each waiting for a whole one
+    shared = rt.retrain_scaling([{"CPU": 2.0}], num_workers=2)
+    assert (shared.workers, shared.resources_per_worker, shared.threads) == (2, {"CPU": 1.0}, 1)
     gpus = rt.retrain_scaling([{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}], gpu_worker_cpus=4)
     assert (gpus.workers, gpus.use_gpu, gpus.resources_per_worker) == (4, True, {"CPU": 4.0, "GPU": 1.0})
     assert not rt.retrain_scaling([{"CPU": 8.0, "GPU": 1.0}], use_gpu=False).use_gpu

@@ -386,6 +386,7 @@ def _fake_trial(config):
 
 def test_under_tune_with_asha(ray_cluster, tmp_path):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from search.tensorboard import TensorBoardHParamsCallback
@@ -405,7 +406,13 @@ def test_under_tune_with_asha(ray_cluster, tmp_path):
         run_config=tune.RunConfig(
             storage_path=str(tmp_path),
             name="tune",
-            callbacks=[TensorBoardHParamsCallback(tmp_path / "tensorboard", cfg.searched(), MAX_EPOCHS)],
+            # as search.run's tuner_for: explicit result loggers, so the test does not depend on whether an
+            # earlier in-process search set TUNE_DISABLE_AUTO_CALLBACK_LOGGERS
+            callbacks=[
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+                TensorBoardHParamsCallback(tmp_path / "tensorboard", cfg.searched(), MAX_EPOCHS),
+            ],
             verbose=0,
         ),
     )
