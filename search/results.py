@@ -285,10 +285,18 @@ def ranked(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
 
 def retrain_epochs(cfg: ExperimentConfig, best: pd.Series) -> tuple[int, int]:
     """(epochs to run, length of the LR schedule): `retrain.epochs: best` = the searched schedule (search.max_epochs
-    long) stopped at the winner's best epoch; an int N = a fresh N-epoch schedule run to its end."""
-    if cfg.retrain.epochs == "best":
-        return int(best["best_epoch"]), cfg.search.max_epochs
-    return int(cfg.retrain.epochs), int(cfg.retrain.epochs)
+    long) stopped at the winner's best epoch; an int N = a fresh N-epoch schedule run to its end.
+
+    A winner stopped before its schedule ended (the time budget, or ASHA when every trial was stopped) never reached
+    the schedule's low learning rates: repeating its truncated schedule would deploy weights in mid-training. Its
+    refit runs a fresh best-epoch-long schedule to its end instead (docs/benchmarks.md: 0.67 vs 0.87 validation
+    accuracy for a winner cut at epoch 3 of 14).
+    """
+    if cfg.retrain.epochs != "best":
+        return int(cfg.retrain.epochs), int(cfg.retrain.epochs)
+    best_epoch = int(best["best_epoch"])
+    finished = int(best.get("epochs", cfg.search.max_epochs)) >= cfg.search.max_epochs
+    return best_epoch, cfg.search.max_epochs if finished else best_epoch
 
 
 def build_summary(

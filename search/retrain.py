@@ -10,7 +10,8 @@ CPU of the largest node (as many threads) and runs plain `cellnet.train`. No val
 
 Epochs: `retrain.epochs: best` (default) repeats the searched schedule -- the LR schedule built over the trial's
 `search.max_epochs` -- and stops at the winner's best epoch, i.e. the weights the fold models had at the epoch the
-search ranked them by; `retrain.epochs: N` (or `--epochs N`) trains a fresh N-epoch schedule to its end.
+search ranked them by (a trial stopped before its schedule ended gets a fresh best-epoch-long schedule instead:
+`search.results.retrain_epochs`); `retrain.epochs: N` (or `--epochs N`) trains a fresh N-epoch schedule to its end.
 
 Rank 0 writes the checkpoint and reports it to Ray Train, which persists it in `storage_path` (shared storage on a
 multi-node cluster, like Tune's); the driver then loads it (a full integrity check) and saves it atomically to
@@ -190,7 +191,10 @@ def retrain(
 
 
 def _show_progress(queue: Any, epochs: int, stop: threading.Event, enabled: bool | None) -> None:
-    """The retrain's bar, fed by rank 0's per-epoch metrics: epoch, loss, images/s, ETA (tqdm's, from epoch times)."""
+    """The retrain's bar, fed by rank 0's per-epoch metrics: epoch, loss, images/s, ETA (tqdm's, from epoch times).
+
+    Without a terminal (a log file) the bar is off and each epoch prints one line, so a log still shows progress.
+    """
     from ray.util.queue import Empty
 
     from cellnet.progress import progress_bar
@@ -205,6 +209,12 @@ def _show_progress(queue: Any, epochs: int, stop: threading.Event, enabled: bool
                 return
             bar.set_postfix(loss=f"{m['train_loss']:.3f}", img_s=f"{m['images_per_s']:.0f}", refresh=False)
             bar.update(int(m["epoch"]) - bar.n)
+            if bar.disable and enabled is None:  # no terminal (a log, a pipe): one plain line per epoch instead
+                print(
+                    f"retrain: epoch {int(m['epoch'])}/{epochs}, loss {m['train_loss']:.3f}, "
+                    f"{m['images_per_s']:.0f} images/s",
+                    flush=True,
+                )
 
 
 def _raise_user_error(error: BaseException) -> None:
@@ -330,7 +340,7 @@ def retrain_run(
     import ray
 
     from search.provenance import provenance
-    from search.results import checkpoint_metrics, params_of, read_trials
+    from search.results import checkpoint_metrics, params_of, read_trials, retrain_epochs
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -351,7 +361,7 @@ def retrain_run(
         if cfg.retrain.epochs != "best":
             epochs = int(cfg.retrain.epochs)
         elif _finite(row.get("best_epoch")):
-            epochs, schedule = int(row["best_epoch"]), cfg.search.max_epochs
+            epochs, schedule = retrain_epochs(cfg, row)
         else:
             raise CellnetError(
                 f"trial {trial_id} ({row['status']}) has no scored epoch to take the epoch count from; pass --epochs N"

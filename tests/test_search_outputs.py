@@ -4,6 +4,7 @@ TensorBoard's own HParams backend, and trials.csv / summary.json / leaderboard /
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -355,6 +356,21 @@ def test_min_mode_picks_lowest_loss(tmp_path):
     # val loss = 2 - accuracy: lowest is t_b epoch 3 (1.1); t_a's best-loss epoch is 2
     assert out.best_trial_id == "t_b"
     assert out.table.set_index("trial_id").loc["t_a", "best_epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("retrain", "reached", "best_epoch", "expected"),
+    [
+        ("best", MAX_EPOCHS, 2, (2, MAX_EPOCHS)),  # finished: the searched schedule, stopped at the best epoch
+        ("best", 2, 2, (2, 2)),  # cut by the time budget at epoch 2: a fresh 2-epoch schedule run to its end
+        (5, 2, 2, (5, 5)),  # an explicit N: a fresh N-epoch schedule, whatever the trial did
+    ],
+)
+def test_retrain_schedule_repeats_a_finished_trial_and_completes_a_cut_one(retrain, reached, best_epoch, expected):
+    cfg = make_cfg()
+    cfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, epochs=retrain))
+    row = pd.Series({"best_epoch": best_epoch, "epochs": reached})
+    assert results.retrain_epochs(cfg, row) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------
