@@ -48,14 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_backbones: skipped in --quick mode (~3 min per backbone; run `python -m bench.bench_backbones`)")
         return 0
     os.environ.setdefault("CELLNET_NUM_THREADS", "2")
-    from bench.real_data import split
+    from bench.real_data import design_split
     from cellnet.config import TrainConfig
-    from cellnet.data import holdout_split
     from cellnet.train import fit
 
-    outer_train, _ = split(args.size, seed=0)
-    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, 0)
-    train, val = outer_train.subset(tr), outer_train.subset(va)
+    train, val = design_split(args.size)
     print(f"pbc-sample split 0, inner holdout: {len(train)} train / {len(val)} val at {args.size}px", flush=True)
     rows = []
     for name in args.backbones.split(","):

@@ -20,18 +20,6 @@ import statistics
 import time
 from typing import Any
 
-RECIPE: dict[str, Any] = {
-    "backbone": "resnet10t",
-    "head_layers": 0,
-    "dropout": 0.1,
-    "lr": 2e-3,
-    "weight_decay": 0.05,
-    "label_smoothing": 0.1,
-    "aug_strength": 0.25,
-    "batch_size": 64,
-    "warmup_epochs": 1,
-    "device": "cpu",
-}
 SCHEDULE = 14  # spaces/cpu_small.yaml search.max_epochs
 
 
@@ -46,19 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_cut_refit: skipped in --quick mode (real cells, ~2 min a run)")
         return 0
     os.environ.setdefault("CELLNET_NUM_THREADS", "2")
-    from bench.real_data import split
+    from bench.real_data import FIRST_TRIAL, design_split
     from cellnet.config import TrainConfig
-    from cellnet.data import holdout_split
     from cellnet.train import fit
 
-    outer_train, _ = split(64, seed=0)
-    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, 0)
-    train, val = outer_train.subset(tr), outer_train.subset(va)
+    train, val = design_split(64)
     print(f"design split: {len(train)} train / {len(val)} val at 64 px; K = {args.epochs} epochs", flush=True)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for name, schedule in (("truncated", SCHEDULE), ("compressed", args.epochs)):
-            config = TrainConfig(**RECIPE, epochs=schedule, seed=seed)
+            config = TrainConfig(**FIRST_TRIAL, epochs=schedule, seed=seed)
             start = time.perf_counter()
             result = fit(config, train, val, epochs=None, early_stopping=False, on_epoch=_stop_after(args.epochs))
             acc = float(result.history[-1]["val_accuracy"])

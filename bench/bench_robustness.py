@@ -28,18 +28,6 @@ from typing import Any
 
 import numpy as np
 
-BASE = {
-    "backbone": "resnet10t",
-    "head_layers": 0,
-    "dropout": 0.1,
-    "lr": 2e-3,
-    "weight_decay": 0.05,
-    "label_smoothing": 0.1,
-    "aug_strength": 0.25,
-    "batch_size": 64,
-    "warmup_epochs": 1,
-    "device": "cpu",
-}
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "zoom": {"zoom_aug": 1.0},
@@ -56,7 +44,7 @@ def accuracy(ckpt: Any, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def one_run(seed: int, framing: str, recipe: str, epochs: int, size: int) -> dict[str, Any]:
-    from bench.real_data import split
+    from bench.real_data import FIRST_TRIAL, split
     from cellnet.checkpoint import in_memory
     from cellnet.config import TrainConfig
     from cellnet.shifts import DEFAULT_SUITE, apply_shift
@@ -64,7 +52,7 @@ def one_run(seed: int, framing: str, recipe: str, epochs: int, size: int) -> dic
 
     train, _ = split(size, seed, framing)
     tests = {f: split(size, seed, f)[1] for f in ("crop200", "full")}
-    config = TrainConfig(**{**BASE, **RECIPES[recipe], "epochs": epochs, "seed": seed})
+    config = TrainConfig(**{**FIRST_TRIAL, **RECIPES[recipe], "epochs": epochs, "seed": seed})
     start = time.perf_counter()
     result = fit(config, train, None, early_stopping=False)
     wall = time.perf_counter() - start
@@ -75,7 +63,7 @@ def one_run(seed: int, framing: str, recipe: str, epochs: int, size: int) -> dic
         "seed": seed,
         "train_framing": framing,
         "recipe": recipe,
-        "config": {**BASE, **RECIPES[recipe]},
+        "config": {**FIRST_TRIAL, **RECIPES[recipe]},
         "epochs": epochs,
         "train_wall_s": wall,
         "clean": accuracy(ckpt, clean.images, clean.labels),

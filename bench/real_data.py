@@ -5,6 +5,8 @@
                              the cell ~1.8x larger). Same ids in both framings, so a split applies to both.
     split(data, seed)        cleaned (duplicates, conflicts, outliers: computed on the full framing), then a
                              grouped stratified 80/20 split; nothing of the 20% is seen by anything that trains.
+    design_split(size)       the inner 80/20 holdout of split 0's training part: where settings are chosen.
+    FIRST_TRIAL              spaces/cpu_small.yaml's first-trial recipe as TrainConfig fields (device: cpu).
 
 Never used by tests (tests must not depend on ../shared).
 """
@@ -14,12 +16,26 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.data.dataset import CellData
+
+FIRST_TRIAL: dict[str, Any] = {
+    "backbone": "resnet10t",
+    "head_layers": 0,
+    "dropout": 0.1,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.1,
+    "aug_strength": 0.25,
+    "batch_size": 64,
+    "warmup_epochs": 1,
+    "device": "cpu",
+}
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc-sample"
@@ -78,3 +94,12 @@ def split(
     data = replace(data, groups=groups[[order[i] for i in data.ids]])
     train_idx, test_idx = holdout_split(data.labels, data.groups, test_fraction, seed, classes=data.classes)
     return data.subset(train_idx), data.subset(test_idx)
+
+
+def design_split(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[CellData, CellData]:
+    """(train, val): the grouped stratified 80/20 holdout of split 0's training part; split 0's test 20% unseen."""
+    from cellnet.data import holdout_split
+
+    outer_train, _ = split(size, seed=0, root=root)
+    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, 0, classes=outer_train.classes)
+    return outer_train.subset(tr), outer_train.subset(va)
