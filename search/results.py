@@ -315,6 +315,7 @@ def build_summary(
     winner: dict[str, Any] | None = None
     if best is not None:
         params = params_of(best)
+        refit_epochs, refit_schedule = retrain_epochs(cfg, best)
         folds = sorted({int(c[4:].split("_")[0]) for c in best.index if c.startswith("fold") and c[4:5].isdigit()})
         winner = {
             "trial_id": best["trial_id"],
@@ -323,8 +324,8 @@ def build_summary(
             "config": dataclasses.asdict(cfg.train_config(params, epochs=cfg.search.max_epochs)),
             "best_epoch": int(best["best_epoch"]),
             "epochs": int(best["epochs"]),
-            "retrain_epochs": retrain_epochs(cfg, best)[0],
-            "retrain_schedule_epochs": retrain_epochs(cfg, best)[1],
+            "retrain_epochs": refit_epochs,
+            "retrain_schedule_epochs": refit_schedule,
             "cv": {
                 metric: best[metric],
                 "cv_accuracy": best["cv_accuracy"],

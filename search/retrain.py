@@ -358,9 +358,7 @@ def retrain_run(
     row = rows.iloc[0]
     schedule: int | None = None
     if epochs is None:
-        if cfg.retrain.epochs != "best":
-            epochs = int(cfg.retrain.epochs)
-        elif _finite(row.get("best_epoch")):
+        if cfg.retrain.epochs != "best" or _finite(row.get("best_epoch")):
             epochs, schedule = retrain_epochs(cfg, row)
         else:
             raise CellnetError(
