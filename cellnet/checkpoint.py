@@ -14,6 +14,9 @@ else.
 A calibrated checkpoint (a search's deployed model, fitted on out-of-fold predictions: cellnet/calibrate.py) adds
 `"calibration": {...}` (temperature, default coverage, OOD thresholds, ...) to cellnet.json and its arrays (conformal
 scores, OOD statistics) as `calibration.safetensors`, whose sha256 cellnet.json records like the weights'.
+
+`save_checkpoint` writes a model; `Checkpoint.save` writes a loaded checkpoint again, e.g. with a calibration added
+(how the search calibrates its refit); both replace the directory atomically.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,11 +43,21 @@ from cellnet.errors import CheckpointError
 from cellnet.files import jsonable, replace_dir, write_json
 from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
 
+if TYPE_CHECKING:
+    from cellnet.calibrate import Calibration
+
 WEIGHTS = "model.safetensors"
 META = "cellnet.json"
 CALIBRATION = "calibration.safetensors"
 FORMAT = "cellnet-checkpoint"
 FORMAT_VERSION = 1
+
+
+class _Keep:
+    """The default of `Checkpoint.save(calibration=...)`: keep the checkpoint's own."""
+
+
+KEEP = _Keep()
 
 
 @dataclass
@@ -61,12 +74,28 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    calibration: Any = None  # a cellnet.calibrate.Calibration fitted on out-of-fold data, or None
+    calibration: Calibration | None = None  # fitted on out-of-fold data (cellnet/calibrate.py), or None
 
     @property
     def members(self) -> int:
         """Models averaged by this checkpoint: k for a fold ensemble, 1 for a single model."""
         return len(self.model.members) if isinstance(self.model, FoldEnsemble) else 1
+
+    def save(self, out_dir: str | Path, *, calibration: Calibration | None | _Keep = KEEP) -> Path:
+        """Write this checkpoint (e.g. a loaded one, now with a calibration) to `out_dir` with `save_checkpoint`;
+        `calibration` replaces its own when given (None removes it)."""
+        return save_checkpoint(
+            out_dir,
+            self.model,
+            config=self.config,
+            classes=self.classes,
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            metrics=self.metrics,
+            provenance=self.meta.get("provenance"),
+            calibration=self.calibration if isinstance(calibration, _Keep) else calibration,
+        )
 
 
 def in_memory(model: nn.Module, config: TrainConfig, classes: Sequence[str], image_size: int) -> Checkpoint:
@@ -97,7 +126,7 @@ def save_checkpoint(
     std: Sequence[float],
     metrics: dict[str, Any],
     provenance: dict[str, Any] | None = None,
-    calibration: Any = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write `out_dir` atomically (a temp dir beside it, then swapped in; an existing checkpoint is replaced only
     once the new one is complete). `model` is a CellNet or a FoldEnsemble; `calibration` a
@@ -220,7 +249,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _calibration_from(meta: Any, tensors_path: Path) -> Any:
+def _calibration_from(meta: Any, tensors_path: Path) -> Calibration | None:
     """The checkpoint's Calibration, or None for an uncalibrated one (`cellnet train`, older checkpoints)."""
     if meta is None:
         return None

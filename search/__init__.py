@@ -1,7 +1,10 @@
 """Hyper-parameter search over cellnet on Ray Tune + Optuna + Ray Train (the `search` extra: `cellnet[search]`).
 
-Importing the package checks that the extra is installed; without it `python -m search.run` (or `search.retrain`)
-exits 2 with one line saying what to install, instead of a ModuleNotFoundError traceback.
+    python -m search.run SPACE.yaml ........ search/run.py: the search's story (parse, plan, tune, hand over)
+    python -m search.retrain RUN --trial ID  search/retrain.py: a trial retrained on all data, calibrated
+
+Importing the package has no side effects and needs no Ray; each command calls `require_search_extra()` first, so
+without the extra it exits 2 with one line saying what to install instead of a ModuleNotFoundError traceback.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import importlib
 import sys
 
+__all__ = ["SEARCH_EXTRA", "require_search_extra"]
+
 SEARCH_EXTRA = ("ray", "optuna", "tensorboard")  # what `pip install 'cellnet[search]'` adds to the library
 
 
-def _require_search_extra() -> None:
+def require_search_extra() -> None:
+    """Exit 2 with one line on stderr when a package of the `search` extra cannot be imported."""
     missing = []
     for name in SEARCH_EXTRA:
         try:
@@ -26,6 +32,3 @@ def _require_search_extra() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-
-
-_require_search_extra()

@@ -1,14 +1,13 @@
-"""What a finished search leaves behind: trials.csv, summary.json, a leaderboard and the search plots.
+"""What a finished search leaves behind: trials.csv, summary.json and a leaderboard (plots: search/plots.py).
 
 Input is one `TrialRecord` per trial (`records_from_result_grid` makes them from Tune's ResultGrid; tests fabricate
 them). Each trial is judged on its best epoch (by the search metric/mode), which is also where a retrain with
-`retrain.epochs: best` stops the searched schedule. search.run calls, in order:
+`retrain.epochs: best` stops the searched schedule. search/winner.py's `finish` calls, in order:
 
     records = records_from_result_grid(grid)
     out = write_outputs(cfg, records, run_dir, num_classes=..., wall_time_s=..., provenance=...)
     print(out.leaderboard)
-    path = retrain(cfg, out.best_params, data_ref, out.retrain_epochs, run_dir / "best",
-                   schedule_epochs=out.retrain_schedule_epochs, cv_metrics=out.checkpoint_metrics, provenance=...)
+    ... out.winner (a `Winner`: trial id, params, best epoch, the refit's epochs, its cv metrics) is deployed ...
     update_summary(run_dir, retrain={...}, test={...})
 """
 
@@ -20,7 +19,6 @@ import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellnet.config import ExperimentConfig, Param, TrainConfig
+from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
 
@@ -60,21 +58,54 @@ class TrialRecord:
     path: str | None = None
 
 
+@dataclass(frozen=True)
+class Winner:
+    """The trial a search deploys: its id, the params it ran, its best epoch, the refit's epochs and schedule length
+    (`retrain_epochs`), and the cv numbers a deployed checkpoint records (`checkpoint_metrics`)."""
+
+    trial_id: str
+    params: dict[str, Any]
+    best_epoch: int
+    retrain_epochs: int
+    retrain_schedule_epochs: int
+    cv_metrics: dict[str, Any]
+
+
 @dataclass
 class SearchOutputs:
-    """What `write_outputs` wrote and what the caller needs next (the winner, its retrain epochs)."""
+    """What `write_outputs` wrote and what the caller needs next: the winner (None when no trial scored)."""
 
     table: pd.DataFrame
     summary: dict[str, Any]
     leaderboard: str
-    best_trial_id: str | None
-    best_params: dict[str, Any] | None
-    retrain_epochs: int | None
-    retrain_schedule_epochs: int | None
-    best_epoch: int | None
-    checkpoint_metrics: dict[str, Any] | None  # pass as retrain(..., cv_metrics=...): the winner's cv numbers
+    winner: Winner | None
     plots: dict[str, Path]
     notes: list[str]
+
+    @property
+    def best_trial_id(self) -> str | None:
+        return self.winner.trial_id if self.winner else None
+
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        return self.winner.params if self.winner else None
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.winner.best_epoch if self.winner else None
+
+    @property
+    def retrain_epochs(self) -> int | None:
+        return self.winner.retrain_epochs if self.winner else None
+
+    @property
+    def retrain_schedule_epochs(self) -> int | None:
+        return self.winner.retrain_schedule_epochs if self.winner else None
+
+    @property
+    def checkpoint_metrics(self) -> dict[str, Any] | None:
+        """Pass as retrain(..., cv_metrics=...): the winner's cv numbers."""
+        return self.winner.cv_metrics if self.winner else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,139 +497,6 @@ def _fmt(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Plots
-
-
-def plot_search(cfg: ExperimentConfig, table: pd.DataFrame, out_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
-    """Best-so-far vs trials and vs compute, and parameter importance, as PNGs in `out_dir`. Returns (plots, notes):
-    a plot that cannot be made (too few trials, nothing varies) is skipped with a note instead of failing the run."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metric, mode = cfg.search.metric, cfg.search.mode
-    plots: dict[str, Path] = {}
-    notes: list[str] = []
-    scored = table[table["status"] != "failed"] if not table.empty else table
-    values = pd.to_numeric(scored[metric], errors="coerce") if metric in scored else pd.Series(dtype=float)
-    if values.notna().sum() == 0:
-        notes.append(f"progress plots skipped: no trial reported {metric}")
-    else:
-        plots["best_vs_trials"] = _plot_progress(table, metric, mode, out_dir / "best_vs_trials.png", compute=False)
-        plots["best_vs_compute"] = _plot_progress(table, metric, mode, out_dir / "best_vs_compute.png", compute=True)
-    importance, note = param_importances(cfg, table)
-    if importance is None:
-        notes.append(f"parameter importance skipped: {note}")
-    else:
-        n = int((table["status"] != "failed").sum())
-        plots["param_importance"] = _plot_importance(importance, metric, n, out_dir / "param_importance.png")
-    return plots, notes
-
-
-def _plot_progress(table: pd.DataFrame, metric: str, mode: str, path: Path, *, compute: bool) -> Path:
-    """Each trial's best-epoch value (by status) and the best so far, in completion order (trials or fold-epochs)."""
-    from matplotlib.figure import Figure
-
-    values = pd.to_numeric(table[metric], errors="coerce").where(table["status"] != "failed")
-    x = table["fold_epochs"].cumsum().to_numpy() if compute else np.arange(1, len(table) + 1)
-    filled = values.fillna(-np.inf if mode == "max" else np.inf)
-    best = filled.cummax() if mode == "max" else filled.cummin()
-    best = best.where(np.isfinite(best))
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    ax = fig.subplots()
-    colors = {"completed": "tab:blue", "stopped_early": "tab:orange"}
-    for status, color in colors.items():
-        m = (table["status"] == status).to_numpy() & values.notna().to_numpy()
-        ax.scatter(x[m], values[m], s=18, color=color, alpha=0.7, label=status.replace("_", " "))
-    ax.step(x, best, where="post", color="black", label="best so far")
-    failed = (table["status"] == "failed").to_numpy()
-    if failed.any():
-        ax.plot([], [], " ", label=f"failed: {int(failed.sum())}")
-    ax.set_xlabel("cumulative fold-epochs" if compute else "trials (completion order)")
-    ax.set_ylabel(f"{metric} (best epoch)")
-    ax.set_title(f"Best {metric} so far vs {'compute' if compute else 'trials'}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    return path
-
-
-def param_importances(cfg: ExperimentConfig, table: pd.DataFrame) -> tuple[dict[str, float] | None, str]:
-    """fANOVA importance of each searched parameter for the search metric, from an Optuna study rebuilt from the
-    trials (finished and stopped-early trials, each with its best-epoch value). (None, reason) when it cannot be
-    estimated: fewer than two scored trials, or no parameter took two different values."""
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    metric, mode = cfg.search.metric, cfg.search.mode
-    space = cfg.searched()
-    if table.empty or metric not in table:
-        return None, "no trials"
-    scored = table[(table["status"] != "failed") & np.isfinite(pd.to_numeric(table[metric], errors="coerce"))]
-    if len(scored) < 2:
-        return None, f"needs at least 2 trials with a {metric}, got {len(scored)}"
-    varying = [n for n in space if f"param_{n}" in scored and scored[f"param_{n}"].astype(str).nunique() > 1]
-    if not varying:
-        return None, "no searched parameter took two different values"
-    dists = {n: _distribution(p) for n, p in space.items()}
-    trials = []
-    for _, r in scored.iterrows():
-        params = {n: v for n, v in params_of(r).items() if n in dists}
-        params = {n: (int(v) if space[n].kind == "int" else v) for n, v in params.items()}
-        try:
-            trials.append(
-                optuna.trial.create_trial(
-                    params=params, distributions={n: dists[n] for n in params}, value=float(r[metric])
-                )
-            )
-        except ValueError:  # a value outside the declared space (space edited between runs): leave the trial out
-            continue
-    if len(trials) < 2:
-        return None, "fewer than 2 trials fit the search space"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    study.add_trials(trials)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=cfg.search.seed))
-    except (ValueError, RuntimeError) as e:
-        return None, f"optuna could not estimate it ({e})"
-    if not imp:
-        return None, "optuna found no parameter present in every scored trial"
-    return {k: float(v) for k, v in imp.items()}, ""
-
-
-def _distribution(p: Param) -> Any:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if p.kind == "choice":
-        return CategoricalDistribution(list(p.values))
-    if p.kind == "int":
-        return IntDistribution(int(p.low), int(p.high), step=p.step)
-    return FloatDistribution(p.low, p.high, log=p.kind == "loguniform")
-
-
-def _plot_importance(importance: dict[str, float], metric: str, n_trials: int, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    names = list(importance)[::-1]
-    fig = Figure(figsize=(6.4, 0.45 * len(names) + 1.2), dpi=100)
-    ax = fig.subplots()
-    ax.barh(names, [importance[n] for n in names], color="tab:blue")
-    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
-    ax.set_title(f"Hyper-parameter importance (from {n_trials} trials)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    return path
-
-
-def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Everything at once
 
 
@@ -615,6 +513,8 @@ def write_outputs(
     top: int = 10,
 ) -> SearchOutputs:
     """trials.csv, summary.json and report/*.png in `run_dir` (all atomic), plus the leaderboard text."""
+    from search.plots import plot_search
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     table = trials_table(cfg, records, num_classes=num_classes, measure_cost=measure_cost)
@@ -626,23 +526,21 @@ def write_outputs(
     summary["notes"] = notes
     write_json(run_dir / "summary.json", summary)
     best = summary["best"]
-    winner = best_trial(table, cfg.search.metric, cfg.search.mode)
+    row = best_trial(table, cfg.search.metric, cfg.search.mode)
     board = format_leaderboard(cfg, table, top=top, run_dir=run_dir)
     if notes:
         board += "\n" + "\n".join(f"Note: {n}" for n in notes)
-    return SearchOutputs(
-        table=table,
-        summary=summary,
-        leaderboard=board,
-        best_trial_id=best["trial_id"] if best else None,
-        best_params=best["params"] if best else None,
-        retrain_epochs=best["retrain_epochs"] if best else None,
-        retrain_schedule_epochs=best["retrain_schedule_epochs"] if best else None,
-        best_epoch=best["best_epoch"] if best else None,
-        checkpoint_metrics=checkpoint_metrics(winner) if winner is not None else None,
-        plots=plots,
-        notes=notes,
-    )
+    winner = None
+    if best is not None and row is not None:
+        winner = Winner(
+            trial_id=best["trial_id"],
+            params=best["params"],
+            best_epoch=best["best_epoch"],
+            retrain_epochs=best["retrain_epochs"],
+            retrain_schedule_epochs=best["retrain_schedule_epochs"],
+            cv_metrics=checkpoint_metrics(row),
+        )
+    return SearchOutputs(table=table, summary=summary, leaderboard=board, winner=winner, plots=plots, notes=notes)
 
 
 def read_trials(run_dir: str | Path) -> pd.DataFrame:

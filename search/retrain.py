@@ -44,10 +44,9 @@ from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig, load_config
 from cellnet.data.dataset import CellData
 from cellnet.errors import CellnetError, ConfigError
+from search import require_search_extra
 from search.data import load_search_data
-
-SEARCH_CONFIG = "search_config.yaml"
-TRIALS_CSV = "trials.csv"
+from search.paths import SEARCH_CONFIG, TRIALS_CSV
 
 
 @dataclass(frozen=True)
@@ -174,18 +173,7 @@ def retrain(
     if result.checkpoint is None:
         raise CellnetError(f"retrain finished without a checkpoint (Ray Train run {storage / name})")
     with tempfile.TemporaryDirectory(prefix=".retrain-", dir=storage) as tmp:
-        ckpt = load_checkpoint(result.checkpoint.to_directory(tmp))  # verifies weights, config and shapes
-        save_checkpoint(
-            out_dir,
-            ckpt.model,
-            config=ckpt.config,
-            classes=ckpt.classes,
-            image_size=ckpt.image_size,
-            mean=ckpt.mean,
-            std=ckpt.std,
-            metrics=ckpt.metrics,
-            provenance=ckpt.meta.get("provenance"),
-        )
+        load_checkpoint(result.checkpoint.to_directory(tmp)).save(out_dir)  # loading verifies weights and shapes
     shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
     return out_dir
 
@@ -422,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_search_extra()
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")

@@ -1,40 +1,33 @@
-"""`python -m search.run spaces/NAME.yaml`: the whole search, from YAML to a retrained, evaluated winner.
+"""`python -m search.run spaces/NAME.yaml`: the search's story, from a YAML file to a deployed, calibrated winner.
 
-    config (YAML + flags) -> resource plan -> data loaded and cleaned once, put in the object store with the folds
-    -> Tune (Optuna define-by-run searcher, ASHA/HyperBand/FIFO, one worker group per trial: search/trainable.py)
-    -> trials.csv, summary.json, plots, leaderboard (search/results.py), TensorBoard (search/tensorboard.py)
-    -> winner retrained on all data into <run_dir>/best (search/retrain.py) -> test-set evaluation (--test)
+    parse: config (YAML + flags; on --resume the stored one, changes refused) -> resource plan (search/resources.py)
+    plan:  data loaded and cleaned once (search/data.py), put in Ray's object store with the folds
+    tune:  Tuner (search/tuner.py): Optuna TPE proposes, ASHA stops, a worker group per trial (search/trainable.py)
+    hand over: search/winner.py `finish` -- trials.csv, summary.json, leaderboard, then the winner deployed
+           (refit and/or fold ensemble), calibrated on its out-of-fold predictions and tested on --test
 
 Everything that can be wrong with the config or the resource request is an `error: ...` line and exit code 2 before
-Ray starts (or, with --address, before anything runs). Ctrl-C stops the search; `--resume` continues it.
+Ray starts (or, with --address, before anything runs). Ctrl-C stops the search; `--resume` continues it. Ray and
+Optuna are imported only once the command runs, after checking that the `search` extra is installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import pickle
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray import cloudpickle
 
 from cellnet.config import ExperimentConfig, load_config
 from cellnet.errors import CellnetError, ConfigError
 from cellnet.files import write_text
-from search import resources
-from search.space import check_points, describe
-
-SEARCH_CONFIG = "search_config.yaml"
-SPACE_AS_GIVEN = "space_as_given.yaml"  # the YAML before flags, to notice an edited space on --resume
-TUNE_DIR = "tune"
-
+from search import require_search_extra, resources
+from search.paths import SEARCH_CONFIG, SPACE_AS_GIVEN, TUNE_DIR
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
@@ -156,6 +149,8 @@ def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
         raise ConfigError(
             f"{run_dir} already holds a search; pass --resume to continue it or --storage DIR for a new one"
         )
+    from search.space import check_points
+
     check_points(cfg)
     return cfg, run_dir
 
@@ -175,6 +170,8 @@ def write_yaml(path: Path, obj: dict[str, Any]) -> None:
 
 
 def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) -> None:
+    from search.space import describe
+
     print(f"# resolved config ({cfg.path})")
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     print(
@@ -187,166 +184,13 @@ def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ray
-
-
-def connect(address: str | None, debug: bool) -> bool:
-    """Connect to `address` / $RAY_ADDRESS or start a local cluster; True when this call started the connection."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    try:
-        ray.init(address=target, log_to_driver=debug, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        if debug or target is None:
-            raise
-        raise ConfigError(f"--address {target}: cannot connect to a Ray cluster there ({e})") from None
-    return True
-
-
-def disconnect(previous_env: dict[str, str | None]) -> None:
-    import ray
-
-    ray.shutdown()
-    for key, value in previous_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def scheduler(cfg: ExperimentConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
-
-    s = cfg.search
-    if s.scheduler == "asha":
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=s.max_epochs,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-        )
-    if s.scheduler == "hyperband":
-        return HyperBandScheduler(
-            time_attr="training_iteration", max_t=s.max_epochs, reduction_factor=s.reduction_factor
-        )
-    return FIFOScheduler()
-
-
-def bump_num_samples(tune_dir: Path, num_samples: int) -> int:
-    """Let a restored experiment run more trials: raise `total_samples` in Tune's saved search-generator state.
-
-    Tuner.restore keeps the num_samples of the first run; the restored SearchGenerator reads its trial budget from
-    `search_gen_state-*.json` (see docs/decisions/0001). Every such file is updated: Tune rewrites them all on restore
-    (equal mtimes), so "the newest" is not a safe pick. Returns the previous budget.
-    """
-    files = sorted(tune_dir.glob("search_gen_state-*.json"))
-    if not files:
-        raise ConfigError(f"--resume: {tune_dir} has no search state to extend")
-    before = 0
-    for path in files:
-        with open(path, "rb") as src:
-            state = pickle.load(src)
-        before = max(before, int(state["total_samples"]))
-        if num_samples > int(state["total_samples"]):
-            state["total_samples"] = num_samples
-            state["finished"] = False
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as dst:
-                cloudpickle.dump(state, dst)  # as Tune wrote it (the experiment holds closures)
-            os.replace(tmp, path)
-    return before
-
-
-def tuner_for(
-    cfg: ExperimentConfig,
-    run_dir: Path,
-    plan: resources.ResourcePlan,
-    refs: dict[str, Any],
-    *,
-    resume: bool,
-    tell_pruned: bool = True,
-    stopper: Any = None,
-    verbose: bool = False,
-) -> Any:
-    """The Tuner of a new search, or the restored one (`resume`, which keeps the first run's reporting).
-    `tell_pruned=False` tells Optuna COMPLETE for early-stopped trials (Ray's behaviour); `stopper` (a
-    ray.tune.Stopper, new searches only) can end trials or the whole search early. Both exist for
-    bench/bench_search.py; the defaults are what the search runs with. `verbose`: Ray's own status tables instead of
-    our one-line-per-event reporter (search/console.py)."""
-    from ray import tune
-
-    from search.console import ConsoleReporter
-    from search.optuna_pruned import make_searcher
-    from search.tensorboard import TensorBoardHParamsCallback
-    from search.trainable import run_trial, rung_epochs
-
-    quiet_tune(verbose)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, plan=plan, refs=refs, run_dir=str(run_dir)), dict(plan.driver)
-    )
-    tune_path = run_dir / TUNE_DIR
-    if resume:
-        before = bump_num_samples(tune_path, cfg.search.num_samples)
-        if cfg.search.num_samples < before:
-            print(f"note: the search already has {before} trials; --num-samples {cfg.search.num_samples} ignored")
-        return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    s = cfg.search
-    callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from
-    callbacks += [TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)]
-    if not verbose:
-        callbacks.append(ConsoleReporter(s.metric, s.mode, s.max_epochs, rung_epochs(cfg), s.num_samples))
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=cfg.search.metric,
-            mode=cfg.search.mode,
-            num_samples=cfg.search.num_samples,
-            search_alg=make_searcher(cfg, tell_pruned=tell_pruned),
-            scheduler=scheduler(cfg),
-            max_concurrent_trials=plan.max_concurrent,
-            time_budget_s=cfg.search.time_budget_s,
-            reuse_actors=False,  # a stopped trial's driver takes its worker group down with it
-            trial_name_creator=lambda t: t.trial_id,
-            trial_dirname_creator=lambda t: t.trial_id,
-        ),
-        run_config=tune.RunConfig(
-            storage_path=str(run_dir),
-            name=TUNE_DIR,
-            stop=stopper,
-            callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=0),  # retries happen in Ray Train (trainable.py)
-            verbose=1 if verbose else 0,
-        ),
-    )
-
-
-def quiet_tune(verbose: bool) -> None:
-    """Tune's own terminal output off unless `verbose`: its new-style reporter prints an experiment heading and a
-    TensorBoard hint for its per-trial tfevents (not this project's logs) even at verbose=0; the old-style one with
-    verbose=0 prints nothing. Tune's automatic TensorBoardX logger is dropped too (search/tensorboard.py writes ours);
-    its CSV/JSON loggers are added explicitly (`tuner_for`). Ray's warnings are logging records: still shown."""
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-
-
-def unfinished(grid: Any) -> int:
-    """Trials the search left neither TERMINATED nor ERROR (an interrupted run)."""
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The search
 
 
 def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any = None) -> int:
     """The whole search for parsed `args`; `tell_pruned` and `stopper` go to `tuner_for`."""
+    from search.tuner import connect, disconnect, tuner_for, unfinished
+
     cfg, run_dir = resolve(args)
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     autoscaling = not local and cfg.resources.max_concurrent is not None
@@ -367,6 +211,7 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
     started = time.time()
     from search.data import load_data
     from search.trainable import share_ray_address
+    from search.winner import finish
 
     loaded = load_data(cfg)
 
@@ -393,250 +238,17 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         if left:
             print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
             return 130
-        finish(cfg, run_dir, grid, loaded, refs, started, retrain_winner=not args.no_retrain)
+        finish(cfg, run_dir, grid, loaded, refs["data"], started, retrain_winner=not args.no_retrain)
     finally:
         if owns_ray:
             disconnect(previous_env)
     return 0
 
 
-def finish(
-    cfg: ExperimentConfig,
-    run_dir: Path,
-    grid: Any,
-    loaded: Any,
-    refs: dict[str, Any],
-    started: float,
-    *,
-    retrain_winner: bool = True,
-) -> None:
-    """Outputs of a finished search: tables, plots, leaderboard; then what `retrain.mode` deploys from the winner
-    (its fold ensemble and out-of-fold predictions, search/winner.py; the refit, search/retrain.py), tested."""
-    from search.provenance import provenance
-    from search.results import records_from_result_grid, update_summary, write_outputs
-
-    data, test = loaded.data, loaded.test
-    prov = provenance(
-        data,
-        seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config().seed},
-        data_source=cfg.data.source,
-        data_cleaned=cfg.data.clean,
-        run_dir=str(run_dir),
-        command="python -m search.run " + " ".join(sys.argv[1:]),
-    )
-    out = write_outputs(
-        cfg,
-        records_from_result_grid(grid),
-        run_dir,
-        num_classes=len(data.classes),
-        wall_time_s=time.time() - started,
-        provenance=prov,
-        test=loaded.test_summary(cfg.data.test),
-    )
-    print()
-    print(out.leaderboard)
-    if out.best_trial_id is None or out.best_params is None or out.best_epoch is None:
-        return
-    from search.winner import prune_fold_files
-
-    prov = {**prov, "trial_id": out.best_trial_id}
-    sections: dict[str, Any] = {}
-    deployed: dict[str, Path] = {}
-    mode = cfg.retrain.mode
-    # a refit-only deployment with --no-retrain deploys nothing, so it needs no out-of-fold calibration either
-    needed = mode != "refit" or (retrain_winner and out.retrain_epochs is not None)
-    winner = fold_outputs(cfg, run_dir, out, loaded, required=mode != "refit") if needed else None
-    if mode in ("folds", "both"):
-        assert winner is not None
-        deployed["folds"], sections["folds"] = save_fold_ensemble(
-            cfg, run_dir, out, loaded, winner, run_dir / ("best" if mode == "folds" else "best_folds"), prov
-        )
-        sections["folds"]["wall_s"] = time.time() - started  # the whole run up to a deployable ensemble
-    if mode in ("refit", "both"):
-        if not retrain_winner or out.retrain_epochs is None:
-            print(
-                "\nwinner not retrained (--no-retrain); to do it: "
-                f"python -m search.retrain {run_dir} --trial {out.best_trial_id} --out {run_dir / 'best'}"
-            )
-        else:
-            from search.retrain import retrain
-
-            print(f"\nretraining {out.best_trial_id} on all {len(data)} images ...")
-            path = retrain(
-                cfg,
-                out.best_params,
-                refs["data"],
-                out.retrain_epochs,
-                run_dir / "best",
-                schedule_epochs=out.retrain_schedule_epochs,
-                cv_metrics=out.checkpoint_metrics,
-                provenance=prov,
-                storage_path=run_dir / "retrain",
-            )
-            if winner is not None:
-                calibrate_refit(path, cfg, loaded, winner)
-            deployed["refit"] = path
-            sections["retrain"] = {
-                "checkpoint": str(path),
-                "epochs": out.retrain_epochs,
-                "schedule_epochs": out.retrain_schedule_epochs,
-                "calibrated": winner is not None,
-                "wall_s": time.time() - started,  # the whole run up to a deployable refit
-            }
-            print(f"winner saved to {path}")
-    prune_fold_files(run_dir, out.best_trial_id, out.best_epoch)
-    if test is not None and deployed:
-        sections["test"] = {**(loaded.test_summary(cfg.data.test) or {}), **test_deployed(cfg, run_dir, deployed, test)}
-    update_summary(run_dir, **sections)
-
-
-@dataclass
-class WinnerFolds:
-    """The winner's fold models, their out-of-fold predictions and the calibration fitted on them."""
-
-    config: Any
-    members: list[Any]
-    oof: Any
-    calibration: Any
-
-
-def fold_outputs(cfg: ExperimentConfig, run_dir: Path, out: Any, loaded: Any, *, required: bool) -> WinnerFolds | None:
-    """Load the winner's fold models, write oof.npz, fit the calibration. With `required=False` (a refit-only
-    deployment) a problem with the fold files is a warning and the refit is deployed uncalibrated."""
-    from cellnet.errors import CheckpointError
-    from search.winner import (
-        OOF_FILE,
-        fit_ensemble_calibration,
-        load_fold_models,
-        out_of_fold,
-        save_oof,
-        trial_folds_dir,
-    )
-
-    data = loaded.data
-    config = cfg.train_config(out.best_params, epochs=cfg.search.max_epochs)
-    try:
-        members = load_fold_models(
-            config, trial_folds_dir(run_dir, out.best_trial_id), cfg.cv.folds, out.best_epoch, len(data.classes)
-        )
-    except CheckpointError as e:
-        if required:
-            raise
-        print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
-        return None
-    oof = out_of_fold(members, config, data, loaded.folds, features=True)
-    save_oof(run_dir / OOF_FILE, oof, data.classes, out.best_trial_id, out.best_epoch)
-    calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
-    print(
-        f"out-of-fold predictions of {out.best_trial_id} (epoch {out.best_epoch}): accuracy {oof.accuracy():.4f} "
-        f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f}"
-    )
-    return WinnerFolds(config, members, oof, calibration)
-
-
-def save_fold_ensemble(
-    cfg: ExperimentConfig,
-    run_dir: Path,
-    out: Any,
-    loaded: Any,
-    winner: WinnerFolds,
-    dest: Path,
-    provenance: dict[str, Any],
-) -> tuple[Path, dict[str, Any]]:
-    """The winner's k fold models as one calibrated ensemble checkpoint at `dest`. Returns (dest, summary)."""
-    from cellnet.checkpoint import save_checkpoint
-    from cellnet.model import model_normalisation
-    from search.winner import OOF_FILE, ensemble
-
-    data = loaded.data
-    model = ensemble(winner.members)
-    mean, std = model_normalisation(model)
-    metrics = {**(out.checkpoint_metrics or {}), "oof_accuracy": winner.oof.accuracy(), "members": len(winner.members)}
-    path = save_checkpoint(
-        dest,
-        model,
-        config=winner.config,
-        classes=data.classes,
-        image_size=data.image_size,
-        mean=mean,
-        std=std,
-        metrics=metrics,
-        provenance={**provenance, "fold_epoch": out.best_epoch},
-        calibration=winner.calibration,
-    )
-    print(f"fold ensemble ({len(winner.members)} members, epoch {out.best_epoch}) saved to {path}")
-    return path, {
-        "checkpoint": str(path),
-        "members": len(winner.members),
-        "epoch": out.best_epoch,
-        "oof": str(run_dir / OOF_FILE),
-        "oof_accuracy": winner.oof.accuracy(),
-    }
-
-
-def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: Any, winner: WinnerFolds) -> None:
-    """Re-save the refit checkpoint with the calibration: the OOF temperature and conformal scores, and OOD
-    statistics of its own (`search.winner.fit_refit_ood`)."""
-    import dataclasses
-
-    from cellnet.checkpoint import load_checkpoint, save_checkpoint
-    from search.winner import fit_refit_ood
-
-    ckpt = load_checkpoint(path)
-    ood = fit_refit_ood(
-        ckpt.model, winner.members, ckpt.config, loaded.data, loaded.folds, winner.oof, cfg.calibration.ood_false_alarm
-    )
-    save_checkpoint(
-        path,
-        ckpt.model,
-        config=ckpt.config,
-        classes=ckpt.classes,
-        image_size=ckpt.image_size,
-        mean=ckpt.mean,
-        std=ckpt.std,
-        metrics=ckpt.metrics,
-        provenance=ckpt.meta.get("provenance"),
-        calibration=dataclasses.replace(winner.calibration, ood=ood),
-    )
-
-
-def test_line(metrics: dict[str, Any]) -> str:
-    """One line of a deployed checkpoint's test-set figures (the full report is in report/test_<name>/)."""
-    m = metrics["clean"]
-    line = f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}"
-    trust = metrics.get("trust")
-    if trust:
-        cov = trust["coverage"]
-        line += (
-            f", sets at {trust['coverage_target']:g}: coverage {cov['coverage']:.4f}, mean size "
-            f"{cov['mean_set_size']:.2f}, wrong flagged {trust['flags']['share_wrong_flagged'] or 0:.0%}"
-        )
-    return line
-
-
-def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: Any) -> dict[str, Any]:
-    """Each deployed checkpoint scored once on the held-out --test set (reported, never used to choose anything)."""
-    from cellnet.checkpoint import load_checkpoint
-    from cellnet.evaluate import evaluate
-
-    section: dict[str, Any] = {}
-    for name, path in deployed.items():
-        where = cfg.data.test or "test"
-        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where)
-        section[name] = metrics["clean"]
-        if metrics.get("trust"):
-            section[name] = {**section[name], "trust": metrics["trust"]}
-        print(f"test set ({where}, {len(test)} images), {name}: {test_line(metrics)}")
-    if "refit" in section:  # `clean` stays the deployed best/'s numbers, as before
-        section["clean"] = section["refit"]
-    elif "folds" in section:
-        section["clean"] = section["folds"]
-    return section
-
-
 def main(argv: Sequence[str] | None = None, *, tell_pruned: bool = True, stopper: Any = None) -> int:
     """The command line; `tell_pruned` and `stopper` (see `tuner_for`) let bench/bench_search.py vary the search."""
     args = build_parser().parse_args(argv)
+    require_search_extra()
     try:
         return search(args, tell_pruned=tell_pruned, stopper=stopper)
     except CellnetError as e:

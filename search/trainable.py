@@ -13,9 +13,9 @@ keeping only the latest. A restarted worker group (worker died: Train FailureCon
 name) continues from it. `training_iteration` is reported as the epoch, so Tune, ASHA and Optuna count epochs, not
 reports, across restarts.
 
-Fold models (the fold ensemble and out-of-fold predictions of the winner, search/winner.py): the folds run in lock
-step, so "the trial's best epoch" is one epoch for all folds: the first epoch with the best fold-mean search metric,
-the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its fold's weights to
+Fold models (the winner's fold ensemble and out-of-fold predictions: search/oof.py, search/winner.py): the folds
+run in lock step, so "the trial's best epoch" is one epoch for all folds: the first epoch with the best fold-mean
+search metric, the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its fold's weights to
 `<run_dir>/train/<trial_id>/folds/fold_<i>_epoch<e>.safetensors`; after a barrier (all folds written) the epoch is
 reported, and only then the fold's previous best file is deleted. So whichever moment a trial is stopped (ASHA, time
 budget, lost node), the files of the best epoch Tune has seen exist for every fold.
@@ -49,6 +49,7 @@ import ray.train
 from cellnet.config import ExperimentConfig
 from cellnet.errors import CheckpointError, DivergedError
 from cellnet.files import atomic_path, write_json
+from search.paths import TRAIN_DIR
 from search.resources import ResourcePlan
 
 FAULT_ENV = "CELLNET_FAULT_KILL_WORKER"  # test-only: marker path; the last fold worker SIGKILLs itself once at epoch 2
@@ -302,7 +303,7 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
     started = time.time()
     share_ray_address()
     trial_id = tune.get_context().get_trial_id()
-    trial_dir = Path(run_dir) / "train" / trial_id
+    trial_dir = Path(run_dir) / TRAIN_DIR / trial_id
     reason = diverged_reason(trial_dir)
     if reason:  # a resumed search re-queues errored trials; a diverged one stays diverged
         raise DivergedError(reason)
@@ -331,7 +332,7 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
         ),
         run_config=RunConfig(
             name=trial_id,
-            storage_path=str(Path(run_dir) / "train"),
+            storage_path=str(Path(run_dir) / TRAIN_DIR),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=TRAIN_RETRIES),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a V2 UserCallback

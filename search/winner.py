@@ -1,148 +1,174 @@
-"""From the search's winner to what is deployed: its fold models, their out-of-fold predictions, the ensemble.
+"""From the search's winner to what is deployed, calibrated and tested: `finish` is called once the trials are over.
 
-    trials.csv winner (trial id, params, best epoch)
-      └─ <run_dir>/train/<trial>/folds/fold_<i>_epoch<best>.safetensors   (written by the fold workers, trainable.py)
-           ├─ member i scores validation fold i ........ oof.npz (every training image once, by the model that did
-           │                                              not train on it: logits, labels, ids, fold)
-           ├─ FoldEnsemble(members) .................... best/ (retrain.mode: folds) or best_folds/ (mode: both)
-           └─ calibration of every deployed checkpoint, from the out-of-fold predictions (cellnet/calibrate.py):
-                temperature (NLL) and conformal scores from the OOF logits -- the same for both deployments;
-                OOD statistics per deployed model: an ensemble member's from its own validation fold (unseen,
-                80% fit / 20% threshold); a refit's from its training images, its threshold transferred from the
-                fold models' seen-vs-unseen ratio (`fit_refit_ood`)
-      └─ refit on all data (search/retrain.py) ....... best/ (modes refit and both)
-
-After the search only the winner's fold files are kept (`prune_fold_files`); every other trial's are deleted.
+finish(cfg, run_dir, grid, loaded, data_ref, started)
+  ├─ trials.csv, summary.json, plots, leaderboard (search/results.py) ─ the winner (trial id, params, best epoch)
+  └─ deploy ─┬─ its fold models ─ out-of-fold predictions ─ oof.npz (search/oof.py)
+             │     └─ calibration, fitted once on them (cellnet/calibrate.py): temperature (NLL) and conformal
+             │        scores from the OOF logits -- the same for both deployments; OOD statistics per deployed
+             │        model: an ensemble member's from its own validation fold (unseen, 80% fit / 20% threshold); a
+             │        refit's from its training images, its threshold transferred from the fold models'
+             │        seen-vs-unseen ratio (`fit_refit_ood`)
+             ├─ retrain.mode folds/both: FoldEnsemble(members) ...... best/ (folds) or best_folds/ (both)
+             ├─ retrain.mode refit/both: refit on all data (search/retrain.py) ...... best/, then calibrated
+             └─ --test: each deployed checkpoint scored once (report/test_<name>/), summary.json's `test`
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellnet.calibrate import Calibration
-from cellnet.checkpoint import Checkpoint, in_memory
+from cellnet.calibrate import Calibration, OODDetector
+from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CheckpointError
-from cellnet.files import atomic_path
-from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
+from cellnet.model import CellNet, FoldEnsemble, model_normalisation
 from cellnet.predict import infer
-from search.trainable import FOLDS_DIR, fold_model_path
+from search.data import SearchData
+from search.oof import (
+    OutOfFold,
+    as_checkpoint,
+    ensemble,
+    load_fold_models,
+    out_of_fold,
+    prune_fold_files,
+    save_oof,
+    trial_folds_dir,
+)
+from search.paths import OOF_FILE
+from search.results import Winner, records_from_result_grid, update_summary, write_outputs
 
-OOF_FILE = "oof.npz"
-_FOLD_FILE = re.compile(r"^fold_(\d+)_epoch(\d+)\.safetensors$")
+Folds = list[tuple[np.ndarray, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The story
+
+
+def finish(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    grid: Any,
+    loaded: SearchData,
+    data_ref: Any,
+    started: float,
+    *,
+    retrain_winner: bool = True,
+) -> None:
+    """Outputs of a finished search (`grid`: Tune's ResultGrid): tables, plots, leaderboard; then `deploy`.
+    `data_ref`: the search data in Ray's object store (what the refit trains on)."""
+    from search.provenance import provenance
+
+    prov = provenance(
+        loaded.data,
+        seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config().seed},
+        data_source=cfg.data.source,
+        data_cleaned=cfg.data.clean,
+        run_dir=str(run_dir),
+        command="python -m search.run " + " ".join(sys.argv[1:]),
+    )
+    out = write_outputs(
+        cfg,
+        records_from_result_grid(grid),
+        run_dir,
+        num_classes=len(loaded.data.classes),
+        wall_time_s=time.time() - started,
+        provenance=prov,
+        test=loaded.test_summary(cfg.data.test),
+    )
+    print()
+    print(out.leaderboard)
+    if out.winner is not None:
+        prov = {**prov, "trial_id": out.winner.trial_id}
+        deploy(cfg, run_dir, out.winner, loaded, data_ref, started, prov, retrain_winner)
+
+
+def deploy(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    win: Winner,
+    loaded: SearchData,
+    data_ref: Any,
+    started: float,
+    provenance: dict[str, Any],
+    retrain_winner: bool,
+) -> None:
+    """What `retrain.mode` deploys from the winner, calibrated; tested on --test; summary.json's sections."""
+    sections: dict[str, Any] = {}
+    deployed: dict[str, Path] = {}
+    mode = cfg.retrain.mode
+    refit = mode in ("refit", "both") and retrain_winner
+    # a refit-only deployment with --no-retrain deploys nothing, so it needs no out-of-fold calibration either
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=mode != "refit") if mode != "refit" or refit else None
+    if winner is not None and mode in ("folds", "both"):
+        dest = run_dir / ("best" if mode == "folds" else "best_folds")
+        deployed["folds"], sections["folds"] = save_fold_ensemble(run_dir, win, loaded, winner, dest, provenance)
+        sections["folds"]["wall_s"] = time.time() - started  # the whole run up to a deployable ensemble
+    if mode in ("refit", "both") and not refit:
+        print(
+            "\nwinner not retrained (--no-retrain); to do it: "
+            f"python -m search.retrain {run_dir} --trial {win.trial_id} --out {run_dir / 'best'}"
+        )
+    elif refit:
+        deployed["refit"], sections["retrain"] = refit_winner(cfg, win, loaded, data_ref, winner, run_dir, provenance)
+        sections["retrain"]["wall_s"] = time.time() - started  # the whole run up to a deployable refit
+    prune_fold_files(run_dir, win.trial_id, win.best_epoch)
+    if loaded.test is not None and deployed:
+        tested = test_deployed(cfg, run_dir, deployed, loaded.test)
+        sections["test"] = {**(loaded.test_summary(cfg.data.test) or {}), **tested}
+    update_summary(run_dir, **sections)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The winner's fold models and the calibration fitted on their out-of-fold predictions
 
 
 @dataclass
-class OutOfFold:
-    """Every training image scored once, by the fold model that did not train on it (rows in data order)."""
+class WinnerFolds:
+    """The winner's fold models, their out-of-fold predictions and the calibration fitted on them."""
 
-    logits: np.ndarray  # N×C float32, the member's raw outputs
-    labels: np.ndarray  # N int64
-    ids: np.ndarray  # N str
-    fold: np.ndarray  # N int64: which fold model scored the image (= the fold it was validated in)
-    features: np.ndarray | None = None  # N×D penultimate features of the scoring member (for the OOD score)
-
-    def accuracy(self) -> float:
-        return float((self.logits.argmax(axis=1) == self.labels).mean()) if len(self.labels) else float("nan")
+    config: TrainConfig
+    members: list[CellNet]
+    oof: OutOfFold
+    calibration: Calibration
 
 
-def trial_folds_dir(run_dir: Path, trial_id: str) -> Path:
-    return Path(run_dir) / "train" / trial_id / FOLDS_DIR
+def fold_outputs(
+    cfg: ExperimentConfig, run_dir: Path, win: Winner, loaded: SearchData, *, required: bool
+) -> WinnerFolds | None:
+    """Load the winner's fold models, write oof.npz, fit the calibration. With `required=False` (a refit-only
+    deployment) a problem with the fold files is a warning and the refit is deployed uncalibrated."""
+    data = loaded.data
+    config = cfg.train_config(win.params, epochs=cfg.search.max_epochs)
+    try:
+        members = load_fold_models(
+            config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
+        )
+    except CheckpointError as e:
+        if required:
+            raise
+        print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
+        return None
+    oof = out_of_fold(members, config, data, loaded.folds, features=True)
+    save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
+    calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
+    print(
+        f"out-of-fold predictions of {win.trial_id} (epoch {win.best_epoch}): accuracy {oof.accuracy():.4f} "
+        f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f}"
+    )
+    return WinnerFolds(config, members, oof, calibration)
 
 
-def load_fold_models(config: TrainConfig, folds_dir: Path, k: int, epoch: int, num_classes: int) -> list[CellNet]:
-    """The k fold models of a trial at `epoch` (its best epoch), each checked against the model `config` builds.
-    A missing or mismatched fold file is a CheckpointError that says which folds are there at which epochs."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    models = []
-    for rank in range(k):
-        path = fold_model_path(folds_dir, rank, epoch)
-        if not path.is_file():
-            present = sorted(p.name for p in folds_dir.glob("fold_*.safetensors")) if folds_dir.is_dir() else []
-            raise CheckpointError(
-                f"{path}: fold {rank}'s model at the best epoch {epoch} is missing (present: "
-                f"{', '.join(present) or 'none'}); the trial's fold models are incomplete"
-            )
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-        model = build_model(dataclasses.replace(config, pretrained=False, weights_file=None), num_classes)
-        check_state_dict(model, state, where=str(path))
-        model.load_state_dict(state, strict=True)
-        models.append(model.eval())
-    return models
-
-
-def as_checkpoint(model: Any, config: TrainConfig, data: CellData) -> Checkpoint:
-    """An in-memory Checkpoint around `model` (for `cellnet.predict.infer`), with the data's classes and size."""
-    return in_memory(model, config, data.classes, data.image_size)
-
-
-def out_of_fold(
-    members: list[CellNet],
-    config: TrainConfig,
-    data: CellData,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    *,
-    features: bool = False,
-    batch_size: int = 256,
-) -> OutOfFold:
-    """Member i scores validation fold i; the folds partition the data, so every image is scored exactly once."""
-    if len(members) != len(folds):
-        raise ValueError(f"{len(members)} fold models for {len(folds)} folds")
-    n, c = len(data), len(data.classes)
-    logits = np.full((n, c), np.nan, dtype=np.float32)
-    fold = np.full(n, -1, dtype=np.int64)
-    feats: np.ndarray | None = None
-    for i, (model, (_, val)) in enumerate(zip(members, folds, strict=True)):
-        out = infer(as_checkpoint(model, config, data), data.images[val], batch_size=batch_size, features=features)
-        logits[val] = out.logits
-        fold[val] = i
-        if out.features is not None:
-            if feats is None:
-                feats = np.full((n, out.features.shape[-1]), np.nan, dtype=np.float32)
-            feats[val] = out.features
-    if (fold < 0).any():
-        raise ValueError(f"the folds leave {(fold < 0).sum()} images unscored; they must partition the data")
-    return OutOfFold(logits, data.labels.astype(np.int64), np.asarray(data.ids).astype(str), fold, feats)
-
-
-def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str, epoch: int) -> Path:
-    """oof.npz (atomic; plain arrays, loadable with allow_pickle=False): logits, labels, ids, fold, classes, meta."""
-    arrays: dict[str, Any] = {
-        "logits": oof.logits,
-        "labels": oof.labels,
-        "ids": oof.ids.astype(str),
-        "fold": oof.fold,
-        "classes": np.array(classes, dtype=str),
-        "trial_id": np.array(trial_id),
-        "epoch": np.array(epoch),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    return path
-
-
-def ensemble(members: list[CellNet]) -> FoldEnsemble:
-    return FoldEnsemble(members).eval()
-
-
-def fit_ensemble_calibration(
-    oof: OutOfFold, folds: list[tuple[np.ndarray, np.ndarray]], num_classes: int, cfg: ExperimentConfig
-) -> Calibration:
+def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg: ExperimentConfig) -> Calibration:
     """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
-    from cellnet.calibrate import OODDetector, fit_calibration, fit_ood_held_out, ood_threshold
+    from cellnet.calibrate import fit_calibration, fit_ood_held_out, ood_threshold
 
     cal = fit_calibration(oof.logits, oof.labels, num_classes, coverage=cfg.calibration.coverage)
     if oof.features is None:
@@ -157,46 +183,153 @@ def fit_ensemble_calibration(
 
 
 def fit_refit_ood(
-    refit: Any,
+    refit: CellNet | FoldEnsemble,
     members: list[CellNet],
     config: TrainConfig,
     data: CellData,
-    folds: list[tuple[np.ndarray, np.ndarray]],
+    folds: Folds,
     oof: OutOfFold,
     false_alarm: float,
-) -> Any:
+) -> OODDetector:
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
     data; threshold = its median seen score x the fold models' (unseen threshold / seen median), each fold model
     with statistics fitted on its training folds (`cellnet.calibrate.transferred_threshold`)."""
-    from cellnet.calibrate import OODDetector, fit_mahalanobis, mahalanobis_score, transferred_threshold
+    from cellnet.calibrate import fit_mahalanobis, mahalanobis_score, transferred_threshold
 
-    assert oof.features is not None
+    if oof.features is None:
+        raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")
     c = len(data.classes)
-    seen = infer(as_checkpoint(refit, config, data), data.images, features=True).features
-    assert seen is not None
+    seen = _features(refit, config, data, data.images)
     stats = fit_mahalanobis(seen, data.labels, c)
     pairs = []
     for model, (train, val) in zip(members, folds, strict=True):
-        own = infer(as_checkpoint(model, config, data), data.images[train], features=True).features
-        assert own is not None
+        own = _features(model, config, data, data.images[train])
         s = fit_mahalanobis(own, data.labels[train], c)
         pairs.append((mahalanobis_score(own, s), mahalanobis_score(oof.features[val], s)))
     threshold = transferred_threshold(mahalanobis_score(seen, stats), pairs, false_alarm)
     return OODDetector((stats,), (threshold,), false_alarm, "transferred")
 
 
-def prune_fold_files(run_dir: Path, keep: str | None, epoch: int | None) -> int:
-    """Delete every trial's fold model files except trial `keep`'s at `epoch` (its best epoch). Returns how many
-    files were deleted."""
-    deleted = 0
-    for folds_dir in sorted((Path(run_dir) / "train").glob(f"*/{FOLDS_DIR}")):
-        if folds_dir.parent.name != keep:
-            deleted += sum(1 for _ in folds_dir.glob("*.safetensors"))
-            shutil.rmtree(folds_dir, ignore_errors=True)
-            continue
-        for path in folds_dir.glob("*.safetensors"):
-            m = _FOLD_FILE.match(path.name)
-            if m is None or int(m.group(2)) != epoch:
-                path.unlink(missing_ok=True)
-                deleted += 1
-    return deleted
+def _features(model: CellNet | FoldEnsemble, config: TrainConfig, data: CellData, images: np.ndarray) -> np.ndarray:
+    features = infer(as_checkpoint(model, config, data), images, features=True).features
+    if features is None:
+        raise ValueError("inference returned no features")
+    return features
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The deployments
+
+
+def save_fold_ensemble(
+    run_dir: Path,
+    win: Winner,
+    loaded: SearchData,
+    winner: WinnerFolds,
+    dest: Path,
+    provenance: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """The winner's k fold models as one calibrated ensemble checkpoint at `dest`. Returns (dest, summary)."""
+    data = loaded.data
+    model = ensemble(winner.members)
+    mean, std = model_normalisation(model)
+    metrics = {**win.cv_metrics, "oof_accuracy": winner.oof.accuracy(), "members": len(winner.members)}
+    path = save_checkpoint(
+        dest,
+        model,
+        config=winner.config,
+        classes=data.classes,
+        image_size=data.image_size,
+        mean=mean,
+        std=std,
+        metrics=metrics,
+        provenance={**provenance, "fold_epoch": win.best_epoch},
+        calibration=winner.calibration,
+    )
+    print(f"fold ensemble ({len(winner.members)} members, epoch {win.best_epoch}) saved to {path}")
+    return path, {
+        "checkpoint": str(path),
+        "members": len(winner.members),
+        "epoch": win.best_epoch,
+        "oof": str(run_dir / OOF_FILE),
+        "oof_accuracy": winner.oof.accuracy(),
+    }
+
+
+def refit_winner(
+    cfg: ExperimentConfig,
+    win: Winner,
+    loaded: SearchData,
+    data_ref: Any,
+    winner: WinnerFolds | None,
+    run_dir: Path,
+    provenance: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """The winner retrained on all data into best/ (search/retrain.py), then calibrated when its fold models are
+    there (`calibrate_refit`). Returns (best/, summary.json's `retrain` section)."""
+    from search.retrain import retrain
+
+    print(f"\nretraining {win.trial_id} on all {len(loaded.data)} images ...")
+    path = retrain(
+        cfg,
+        win.params,
+        data_ref,
+        win.retrain_epochs,
+        run_dir / "best",
+        schedule_epochs=win.retrain_schedule_epochs,
+        cv_metrics=win.cv_metrics,
+        provenance=provenance,
+        storage_path=run_dir / "retrain",
+    )
+    if winner is not None:
+        calibrate_refit(path, cfg, loaded, winner)
+    print(f"winner saved to {path}")
+    return path, {
+        "checkpoint": str(path),
+        "epochs": win.retrain_epochs,
+        "schedule_epochs": win.retrain_schedule_epochs,
+        "calibrated": winner is not None,
+    }
+
+
+def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winner: WinnerFolds) -> None:
+    """Re-save the refit checkpoint with the calibration: the OOF temperature and conformal scores, and OOD
+    statistics of its own (`fit_refit_ood`)."""
+    ckpt = load_checkpoint(path)
+    ood = fit_refit_ood(
+        ckpt.model, winner.members, ckpt.config, loaded.data, loaded.folds, winner.oof, cfg.calibration.ood_false_alarm
+    )
+    ckpt.save(path, calibration=dataclasses.replace(winner.calibration, ood=ood))
+
+
+def test_line(metrics: dict[str, Any]) -> str:
+    """One line of a deployed checkpoint's test-set figures (the full report is in report/test_<name>/)."""
+    m = metrics["clean"]
+    line = f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}"
+    trust = metrics.get("trust")
+    if trust:
+        cov = trust["coverage"]
+        line += (
+            f", sets at {trust['coverage_target']:g}: coverage {cov['coverage']:.4f}, mean size "
+            f"{cov['mean_set_size']:.2f}, wrong flagged {trust['flags']['share_wrong_flagged'] or 0:.0%}"
+        )
+    return line
+
+
+def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: CellData) -> dict[str, Any]:
+    """Each deployed checkpoint scored once on the held-out --test set (reported, never used to choose anything)."""
+    from cellnet.evaluate import evaluate
+
+    section: dict[str, Any] = {}
+    for name, path in deployed.items():
+        where = cfg.data.test or "test"
+        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where)
+        section[name] = metrics["clean"]
+        if metrics.get("trust"):
+            section[name] = {**section[name], "trust": metrics["trust"]}
+        print(f"test set ({where}, {len(test)} images), {name}: {test_line(metrics)}")
+    if "refit" in section:  # `clean` stays the deployed best/'s numbers, as before
+        section["clean"] = section["refit"]
+    elif "folds" in section:
+        section["clean"] = section["folds"]
+    return section

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cellnet.config import parse_config
-from search import results
+from search import plots, results
 from search.results import TrialRecord
 
 FOLDS = 2
@@ -323,7 +323,7 @@ def test_plots(outputs):
         assert out.plots[name] == path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["plots"]) == {"best_vs_trials", "best_vs_compute", "param_importance"}
-    imp, _ = results.param_importances(cfg, out.table)
+    imp, _ = plots.param_importances(cfg, out.table)
     assert imp is not None and set(imp) <= set(cfg.searched()) and sum(imp.values()) == pytest.approx(1.0)
 
 
@@ -337,7 +337,7 @@ def test_importance_skipped_with_too_few_trials(tmp_path):
     assert "Note: parameter importance skipped" in out.leaderboard
 
     same = [TrialRecord(f"s{i}", PARAMS["t_a"], epoch_rows([0.5 + i / 10], t0=i)) for i in range(3)]
-    imp, note = results.param_importances(cfg, results.trials_table(cfg, same, num_classes=8, measure_cost=False))
+    imp, note = plots.param_importances(cfg, results.trials_table(cfg, same, num_classes=8, measure_cost=False))
     assert imp is None and "no searched parameter" in note
 
 

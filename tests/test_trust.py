@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cellnet.calibrate import OODDetector, fit_calibration, fit_ood_held_out, ood_threshold
-from cellnet.checkpoint import load_checkpoint, save_checkpoint
+from cellnet.checkpoint import load_checkpoint
 from cellnet.cli import main
 from cellnet.data.clean import save_npz
 from cellnet.data.synthetic import generate
@@ -33,17 +33,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     cal = fit_calibration(out.logits, held.labels, len(ckpt.classes), coverage=0.9)
     stats, scores = fit_ood_held_out(out.features, held.labels, len(ckpt.classes))
     cal = dataclasses.replace(cal, ood=OODDetector((stats,), (ood_threshold(scores, 0.05),), 0.05))
-    calibrated = save_checkpoint(
-        root / "calibrated",
-        ckpt.model,
-        config=ckpt.config,
-        classes=ckpt.classes,
-        image_size=ckpt.image_size,
-        mean=ckpt.mean,
-        std=ckpt.std,
-        metrics=ckpt.metrics,
-        calibration=cal,
-    )
+    calibrated = ckpt.save(root / "calibrated", calibration=cal)
     test = save_npz(generate(n=200, image_size=TINY_SIZE, seed=12), root / "test.npz")
     return plain, calibrated, test
 

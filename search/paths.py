@@ -1,0 +1,11 @@
+"""What a search leaves in its run directory, by name, in one place (search.run, search.retrain, search.winner)."""
+
+from __future__ import annotations
+
+SEARCH_CONFIG = "search_config.yaml"  # the resolved config the trials ran (what --resume continues)
+SPACE_AS_GIVEN = "space_as_given.yaml"  # the YAML before flags, to notice an edited space on --resume
+TUNE_DIR = "tune"  # Ray Tune's experiment (resumable)
+TRIALS_CSV = "trials.csv"
+SUMMARY = "summary.json"
+OOF_FILE = "oof.npz"  # the winner's out-of-fold predictions
+TRAIN_DIR = "train"  # Ray Train's runs, one per trial: checkpoints and the trial's fold models
