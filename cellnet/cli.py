@@ -65,7 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    inference = _Parser(add_help=False)  # how predict and evaluate run the model
+    inference.add_argument("--tta", action="store_true", help="average over the 8 flips/90° rotations (8x slower)")
+    inference.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
+    inference.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N (default: auto)")
+    _add_train(sub, common)
+    _add_predict(sub, [common, inference])
+    _add_evaluate(sub, [common, inference])
+    _add_export(sub, common)
+    _add_clean(sub, common)
+    return parser
 
+
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "train",
         parents=[common],
@@ -85,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clean", action="store_true", help="skip duplicate/conflict/outlier cleaning")
     p.set_defaults(func=cmd_train)
 
+
+def _add_predict(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "predict",
-        parents=[common],
+        parents=parents,
         help="predict classes of image files, folders or an npz",
         description="Write a CSV (id, predicted, confidence, uncertain, set, set_size, ood_score, ood, error, "
         "p_<class>...) for every image. With a calibrated checkpoint (a search's deployed model) probabilities are "
@@ -99,9 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (searched recursively) or npz")
     p.add_argument("--checkpoint", metavar="DIR", required=True)
     p.add_argument("--out", metavar="FILE", help="CSV file to write (default: stdout)")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/90° rotations (8x slower)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument(
         "--min-confidence", type=_probability, metavar="P", help="also mark rows with confidence < P as uncertain"
     )
@@ -115,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, metavar="N", help="image decoding threads (default: min(8, CPUs))")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_evaluate(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "evaluate",
-        parents=[common],
+        parents=parents,
         help="metrics, confusion matrix and calibration on labelled data",
         description="Accuracy, per-class precision/recall/F1, confusion matrix (CSV, PNG), reliability diagram "
         "and ECE, written to REPORT_DIR with metrics.json. --shifted also runs the shift suite (cellnet.shifts: "
@@ -133,14 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also evaluate on each shift of the suite (accuracy per shift, mean, worst)",
     )
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/90° rotations")
-    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
-    p.add_argument("--device", default="auto", metavar="D")
     p.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed of the shift suite's random shifts (default 0)"
     )
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "export",
         parents=[common],
@@ -157,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_clean(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "clean",
         parents=[common],
@@ -171,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-conflicts", action="store_true", help="report label conflicts but keep them")
     p.add_argument("--keep-outliers", action="store_true", help="report outliers but keep them")
     p.set_defaults(func=cmd_clean)
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------------------------

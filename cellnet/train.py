@@ -393,32 +393,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.model: nn.Module = model  # callers may wrap it (DDP); `core` is always the CellNet
         self.mean, self.std = model_normalisation(model)
-
-        loader_kw: dict[str, Any] = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": self.cuda}
-        self.train_loader = make_loader(
-            train,
-            train_transform(
-                config.aug_strength,
-                self.image_size,
-                config.input_size,
-                zoom_aug=config.zoom_aug,
-                stain_aug=config.stain_aug,
-            ),
-            batch_size=config.batch_size,
-            train=True,
-            **loader_kw,
-        )
-        self.val_loader = (
-            make_loader(
-                val,
-                eval_transform(self.image_size, config.input_size),
-                batch_size=config.batch_size * EVAL_BATCH_MULT,
-                train=False,
-                **loader_kw,
-            )
-            if val is not None and self.has_val
-            else None
-        )
+        self.train_loader, self.val_loader = self._loaders(train, val)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.class_weight = (
@@ -443,59 +418,27 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------------------------------
 
+    def _loaders(self, train: CellData, val: CellData | None) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
+        """The augmented, shuffled training loader and the plain validation loader (None without validation)."""
+        c = self.config
+        kw: dict[str, Any] = {"seed": c.seed, "num_workers": c.num_workers, "pin_memory": self.cuda}
+        augment = train_transform(
+            c.aug_strength, self.image_size, c.input_size, zoom_aug=c.zoom_aug, stain_aug=c.stain_aug
+        )
+        train_loader = make_loader(train, augment, batch_size=c.batch_size, train=True, **kw)
+        if val is None or not self.has_val:
+            return train_loader, None
+        plain = eval_transform(self.image_size, c.input_size)
+        return train_loader, make_loader(val, plain, batch_size=c.batch_size * EVAL_BATCH_MULT, train=False, **kw)
+
+    # -- one epoch ----------------------------------------------------------------------------------------------
+
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch, validate, update the best-so-far; returns the epoch's metrics (CONTRACTS keys)."""
-        c, e = self.config, self.epoch
         t0 = time.perf_counter()
-        self._set_trainable(frozen=e < c.freeze_epochs)
-        seed = _epoch_seed(c.seed, e)
-        torch.manual_seed(seed)  # dropout, drop-path
-        np.random.seed(seed)  # timm Mixup draws lambda and the mix/cut choice from numpy
-        self.train_loader.batch_sampler.set_epoch(e)  # type: ignore[union-attr]
-        per_iter = hasattr(self.scheduler, "step_update")  # timm: the LR is a function of the update count
-        steps = e * len(self.train_loader)
-
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        pending: list[tuple[int, torch.Tensor, float]] = []  # (batch, loss, lr) not yet checked for NaN
-        check_every = 25 if self.cuda else 1  # .item() syncs the GPU; on CPU it is free
-        lr = self._lr()
-        for b, (images, labels) in enumerate(self.train_loader):
-            x = prepare_batch(images, self.mean, self.std, self.device, self.cuda)
-            y = labels.to(self.device, non_blocking=True)
-            lr = self._lr()
-            with _autocast(self.device):
-                if self.mixup is not None and len(y) % 2 == 0:
-                    x, target = self.mixup(x, y)
-                    logits = self.model(x)
-                    loss = soft_cross_entropy(logits, target, self.class_weight)
-                else:
-                    logits = self.model(x)
-                    loss = F.cross_entropy(
-                        logits.float(), y, weight=self.class_weight, label_smoothing=c.label_smoothing
-                    )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if per_iter:
-                steps += 1
-                self.scheduler.step_update(num_updates=steps)
-            loss = loss.detach()
-            loss_sum += loss * len(y)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += len(y)
-            pending.append((b, loss, lr))
-            if len(pending) >= check_every:
-                self._check_finite(pending)
-        self._check_finite(pending)
+        loss, accuracy, seen, lr = self._train_batches()
         train_time = time.perf_counter() - t0
-
-        metrics: dict[str, float] = {
-            "epoch": float(e + 1),
-            "train_loss": float(loss_sum) / max(1, seen),
-            "train_accuracy": float(correct) / max(1, seen),
-        }
+        metrics: dict[str, float] = {"epoch": float(self.epoch + 1), "train_loss": loss, "train_accuracy": accuracy}
         if self.val_loader is not None:
             metrics.update(self._validate())
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -504,10 +447,61 @@ class Trainer:
         metrics["images_per_s"] = seen / train_time if train_time > 0 else 0.0
         metrics["epoch_time_s"] = time.perf_counter() - t0
 
-        self.epoch = e + 1
+        self.epoch += 1
         self.history.append(metrics)
         self.best.update(self.epoch, metrics, self.core, has_val=self.has_val)
         return metrics
+
+    def _train_batches(self) -> tuple[float, float, int, float]:
+        """One pass over the training loader: (mean loss, accuracy, images seen, the last learning rate). Every
+        random draw of the pass is seeded from (seed, epoch); the loss is checked for NaN/inf as it goes."""
+        c, e = self.config, self.epoch
+        self._set_trainable(frozen=e < c.freeze_epochs)
+        seed = _epoch_seed(c.seed, e)
+        torch.manual_seed(seed)  # dropout, drop-path
+        np.random.seed(seed)  # timm Mixup draws lambda and the mix/cut choice from numpy
+        self.train_loader.batch_sampler.set_epoch(e)  # type: ignore[union-attr]
+        per_iter = hasattr(self.scheduler, "step_update")  # timm: the LR is a function of the update count
+        steps = e * len(self.train_loader)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        pending: list[tuple[int, torch.Tensor, float]] = []  # (batch, loss, lr) not yet checked for NaN
+        check_every = 25 if self.cuda else 1  # .item() syncs the GPU; on CPU it is free
+        lr = self._lr()
+        for b, (images, labels) in enumerate(self.train_loader):
+            lr = self._lr()
+            loss, hits = self._step(images, labels)
+            if per_iter:
+                steps += 1
+                self.scheduler.step_update(num_updates=steps)
+            loss_sum += loss * len(labels)
+            correct += hits
+            seen += len(labels)
+            pending.append((b, loss, lr))
+            if len(pending) >= check_every:
+                self._check_finite(pending)
+        self._check_finite(pending)
+        return float(loss_sum) / max(1, seen), float(correct) / max(1, seen), seen, lr
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on a uint8 batch (MixUp/CutMix when set and the batch is even): (loss, correct)."""
+        x = prepare_batch(images, self.mean, self.std, self.device, self.cuda)
+        y = labels.to(self.device, non_blocking=True)
+        with _autocast(self.device):
+            if self.mixup is not None and len(y) % 2 == 0:
+                x, target = self.mixup(x, y)
+                logits = self.model(x)
+                loss = soft_cross_entropy(logits, target, self.class_weight)
+            else:
+                logits = self.model(x)
+                loss = F.cross_entropy(
+                    logits.float(), y, weight=self.class_weight, label_smoothing=self.config.label_smoothing
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
     def _set_trainable(self, *, frozen: bool) -> None:
         """Frozen backbone: no grads and eval mode (BatchNorm statistics stay put too). `freeze_bn` additionally keeps
