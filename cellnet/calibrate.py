@@ -267,6 +267,10 @@ def ood_split(labels: Any, holdout: float = OOD_HOLDOUT, seed: int = 0) -> tuple
     N = 5,000 an in-sample 95% threshold flagged 73% of new in-distribution images), and k-fold scores of
     statistics that shrink more than the final fit still flagged 7% at a stated 5%. A split is exact: the held-out
     images are new to the stored statistics, as deployed images are. Every class keeps at least one image to fit.
+
+    Not sklearn's StratifiedShuffleSplit: it refuses a class with a single image ("The least populated class in y
+    has only 1 member") and rounds per-class shares so that a small class can lose all its images to the held-out
+    side; the statistics need every class on the fit side.
     """
     y = np.asarray(labels)
     if not 0.0 < holdout < 1.0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
 from cellnet.predict import infer_trusted, prediction_table
 from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift, resolve_names
+
+if TYPE_CHECKING:
+    from cellnet.checkpoint import Checkpoint
 
 ECE_BINS = 15
 SHIFT_SEED = 0
@@ -192,7 +195,7 @@ def plot_reliability(calibration: dict[str, Any], path: Path, title: str) -> Non
 
 
 def shifted_metrics(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     images: np.ndarray,
     y_true: np.ndarray,
     classes: list[str],
@@ -376,7 +379,7 @@ def plot_trust(
 
 
 def evaluate(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     data: CellData,
     out_dir: str | Path,
     *,

@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from cellnet import __version__
 from cellnet.errors import CellnetError
 from cellnet.files import atomic_path
 from cellnet.predict import preprocess
+
+if TYPE_CHECKING:
+    from cellnet.checkpoint import Checkpoint
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -35,7 +38,7 @@ class _Deployable(nn.Module):
     """softmax(model(preprocess(x)) / T): the whole inference path as one module, the checkpoint's temperature
     (1 without calibration) folded in. A fold ensemble's members are averaged inside `model`."""
 
-    def __init__(self, checkpoint: Any) -> None:
+    def __init__(self, checkpoint: Checkpoint) -> None:
         super().__init__()
         self.model = checkpoint.model
         self.image_size = int(checkpoint.image_size)
@@ -49,7 +52,7 @@ class _Deployable(nn.Module):
         return torch.softmax(self.model(x) / self.temperature, dim=1)
 
 
-def metadata(checkpoint: Any) -> dict[str, str]:
+def metadata(checkpoint: Checkpoint) -> dict[str, str]:
     """What a consumer of the ONNX file needs to use it, as metadata_props (values are JSON)."""
     return {
         "cellnet_version": json.dumps(__version__),
@@ -68,7 +71,7 @@ def metadata(checkpoint: Any) -> dict[str, str]:
     }
 
 
-def _temperature(checkpoint: Any) -> float:
+def _temperature(checkpoint: Checkpoint) -> float:
     calibration = getattr(checkpoint, "calibration", None)
     return float(calibration.temperature) if calibration is not None else 1.0
 
@@ -81,7 +84,7 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0])
 
 
-def parity(checkpoint: Any, path: Path, *, samples: int = 8, seed: int = 0) -> float:
+def parity(checkpoint: Checkpoint, path: Path, *, samples: int = 8, seed: int = 0) -> float:
     """Max |p_onnx - p_torch| over `samples` random images, run as single images and as one batch."""
     deployable = _Deployable(checkpoint).eval().cpu()
     s = int(checkpoint.image_size)
@@ -94,7 +97,7 @@ def parity(checkpoint: Any, path: Path, *, samples: int = 8, seed: int = 0) -> f
 
 
 def export_onnx(
-    checkpoint: Any, out: str | Path, *, tolerance: float = 1e-4, opset: int | None = None, samples: int = 8
+    checkpoint: Checkpoint, out: str | Path, *, tolerance: float = 1e-4, opset: int | None = None, samples: int = 8
 ) -> tuple[Path, float]:
     """Write `checkpoint` as ONNX to `out` after checking parity with PyTorch; returns (path, max abs difference).
 

@@ -73,7 +73,11 @@ def write_json(path: str | Path, obj: Any, *, fsync: bool = False) -> None:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the OS or filesystem
-    cannot (then the caller falls back to two renames)."""
+    cannot (then the caller falls back to two renames).
+
+    Why ctypes: `os.replace(new_dir, dest)` fails with ENOTEMPTY when `dest` is a non-empty directory (rename(2)
+    replaces only an empty one), and Python has no binding for renameat2, the one call that swaps two directories
+    without a moment in which `dest` is missing."""
     if not sys.platform.startswith("linux"):
         return False
     try:

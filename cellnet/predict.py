@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
 from cellnet.progress import progress_bar
+
+if TYPE_CHECKING:
+    from cellnet.checkpoint import Checkpoint
 
 # (number of 90° rotations, horizontal flip first): the dihedral group D4 of a square image.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
@@ -77,7 +80,7 @@ class Inference:
 
 
 def infer(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     images: np.ndarray,
     *,
     batch_size: int = 256,
@@ -147,7 +150,7 @@ def infer(
 
 
 def predict_images(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     images: np.ndarray,
     *,
     batch_size: int = 256,
@@ -161,7 +164,7 @@ def predict_images(
     return infer(checkpoint, images, batch_size=batch_size, tta=tta, temperature=temperature, on_batch=on_batch).probs
 
 
-def _temperature(checkpoint: Any) -> float:
+def _temperature(checkpoint: Checkpoint) -> float:
     calibration = getattr(checkpoint, "calibration", None)
     return float(calibration.temperature) if calibration is not None else 1.0
 
@@ -252,7 +255,7 @@ class Trusted:
     ood_score: np.ndarray | None = None
 
 
-def trusted(checkpoint: Any, probs: np.ndarray, features: np.ndarray | None, coverage: float | None) -> Trusted:
+def trusted(checkpoint: Checkpoint, probs: np.ndarray, features: np.ndarray | None, coverage: float | None) -> Trusted:
     """Sets and OOD scores of already-calibrated `probs` and `features` (from `infer`), or empty without calibration."""
     from cellnet.calibrate import check_coverage, prediction_sets
 
@@ -266,7 +269,7 @@ def trusted(checkpoint: Any, probs: np.ndarray, features: np.ndarray | None, cov
 
 
 def infer_trusted(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     images: np.ndarray,
     *,
     batch_size: int = 256,
@@ -289,7 +292,7 @@ def infer_trusted(
 
 
 def predict_inputs(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     inputs: Sequence[str],
     *,
     batch_size: int = 256,
