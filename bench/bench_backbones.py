@@ -11,13 +11,14 @@ This is what `spaces/cpu_small.yaml`'s backbone menu and first point are chosen 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from dataclasses import replace
 
 import numpy as np
+
+from bench.common import bench_parser, dump_json, skip
 
 DEFAULT = (
     "resnet18,resnet10t,convnext_atto,mobilenetv3_large_100,efficientnet_b0,mobilenetv4_conv_small,"
@@ -36,16 +37,13 @@ def images_per_s(config, train, batches: int = 6) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="skip (no small mode: ~3 min per backbone)")
+    parser = bench_parser(__doc__, "skip (no small mode: ~3 min per backbone)")
     parser.add_argument("--budget-s", type=float, default=180.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--backbones", default=DEFAULT)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--json")
     args = parser.parse_args(argv)
-    if args.quick:
-        print("bench_backbones: skipped in --quick mode (~3 min per backbone; run `python -m bench.bench_backbones`)")
+    if skip(args, "bench_backbones", quick="~3 min per backbone", real_cells=True):
         return 0
     os.environ.setdefault("CELLNET_NUM_THREADS", "2")
     from bench.real_data import design_split
@@ -93,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['backbone']:<26}{r['train_img_s']:>7.0f}{r['epochs']:>7}{r['wall_s']:>8.0f}"
             f"{r['val_best']:>9.4f}{r['val_last']:>9.4f}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    dump_json(args.json, rows)
     return 0
 
 

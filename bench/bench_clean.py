@@ -8,7 +8,6 @@ synthetic set (scored from the provenance in the ids), and, when /work/shared/da
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import bench_parser
 from cellnet.constants import PBC_COUNTS
 from cellnet.data.clean import DuplicateSettings, _confirmed_pairs, clean, outlier_scores, signatures
 from cellnet.data.dataset import CellData
@@ -64,8 +64,7 @@ def stages(data: CellData) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4,000 images instead of 17,092")
+    parser = bench_parser(__doc__, "4,000 images instead of 17,092", json_help=None)
     parser.add_argument("--n", type=int, default=sum(PBC_COUNTS))
     parser.add_argument("--pbc", type=Path, default=PBC_SAMPLE, help="folder source to clean as well, if present")
     args = parser.parse_args(argv)

@@ -13,25 +13,22 @@ part; never a test split), resnet10t with cpu_small's first-trial recipe, K epoc
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import time
 from typing import Any
+
+from bench.common import bench_parser, dump_json, mean_sd, skip
 
 SCHEDULE = 14  # spaces/cpu_small.yaml search.max_epochs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="skip (needs ../shared/data/pbc-sample; ~2 min a run)")
+    parser = bench_parser(__doc__, "skip (needs ../shared/data/pbc-sample; ~2 min a run)")
     parser.add_argument("--epochs", type=int, default=3, help="K: the epochs the cut trial reached")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--json")
     args = parser.parse_args(argv)
-    if args.quick:
-        print("bench_cut_refit: skipped in --quick mode (real cells, ~2 min a run)")
+    if skip(args, "bench_cut_refit", quick="real cells, ~2 min a run", real_cells=True):
         return 0
     os.environ.setdefault("CELLNET_NUM_THREADS", "2")
     from bench.real_data import FIRST_TRIAL, design_split
@@ -52,11 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n| refit of a winner cut at epoch {args.epochs} of {SCHEDULE} | validation accuracy |\n|---|---|")
     for name in ("truncated", "compressed"):
         accs = [r["val_accuracy"] for r in rows if r["refit"] == name]
-        sd = f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else ""
-        print(f"| {name} | {statistics.mean(accs):.3f}{sd} ({', '.join(f'{a:.3f}' for a in accs)}) |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        print(f"| {name} | {mean_sd(accs, 3)} ({', '.join(f'{a:.3f}' for a in accs)}) |")
+    dump_json(args.json, rows)
     return 0
 
 

@@ -31,8 +31,6 @@ The full mode is the documented workload (4 trials x 3 epochs, fold-epochs >= 30
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,6 +41,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from bench.common import bench_parser, dump_json
 
 FOLDS = 2
 
@@ -152,12 +152,12 @@ def run_layout(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 trials x 2 epochs of ~12 s fold-epochs (~5 min)")
+    parser = bench_parser(
+        __doc__, "3 trials x 2 epochs of ~12 s fold-epochs (~5 min)", "also write the figures to this file"
+    )
     parser.add_argument("--images", type=int, help="synthetic images: the fold-epoch time (19000 >= 30 s; quick 7000)")
     parser.add_argument("--trials", type=int, help="trials (default 4, --quick 3)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (default 3, --quick 2)")
-    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 3)
     images = args.images or (7000 if args.quick else 19000)
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if seq["fold_epoch_cpu_s_median"] < 30:
         print("note: fold-epochs took < 30 CPU-s; the documented workload is the full mode (raise --images)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    dump_json(args.json, results)
     return 0
 
 

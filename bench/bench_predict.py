@@ -13,7 +13,6 @@ the preprocessing alone timed against bare inference: the overhead even when a b
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import bench_parser, dump_json
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import TrainConfig
 from cellnet.constants import PBC_CLASSES
@@ -117,24 +117,19 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "256 images per pass", "also write the result to this file")
     parser.add_argument("--backbone", default="mobilenetv3_small_050")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--n", type=int, default=2048, help="images per timed pass")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the result to this file")
-    parser.add_argument("--quick", action="store_true", help="256 images per pass")
     args = parser.parse_args(argv)
     if args.quick:
         args.n = min(args.n, 256)
     result = run(args.backbone, args.image_size, args.n, args.batch_size, args.device, args.repeats)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    print(json.dumps(result, indent=2))
+    dump_json(args.json, result)
     if result["ratio"] < result["target_ratio"]:
         print(f"ratio {result['ratio']} is below the target {result['target_ratio']}", file=sys.stderr)
     return 0

@@ -23,7 +23,6 @@ what spaces and settings are chosen on, so that no choice looks at a split repor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench.common import bench_parser, dump_json, mean_sd, skip
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_OUT = REPO / "runs" / "bench-real-cells"
@@ -140,12 +141,6 @@ def duel(seed: int, space: Path, out: Path, *, design: bool, image_size: int) ->
     return row
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.4f}" if values else "-"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"{'model':<34}{'wall s (mean)':>14}{'test accuracy':>22}{'test macro F1':>22}",
@@ -159,33 +154,23 @@ def table(rows: list[dict[str, Any]]) -> str:
         acc = [r[key]["accuracy"] for r in rows]
         f1 = [r[key]["macro_f1"] for r in rows]
         w = statistics.mean(r[wall] for r in rows)
-        lines.append(f"{label:<34}{w:>14.0f}{_mean_sd(acc):>22}{_mean_sd(f1):>22}")
+        lines.append(f"{label:<34}{w:>14.0f}{mean_sd(acc):>22}{mean_sd(f1):>22}")
     gap_refit = [r["refit"]["accuracy"] - r["plain"]["accuracy"] for r in rows]
     gap_folds = [r["folds"]["accuracy"] - r["plain"]["accuracy"] for r in rows]
-    lines.append(
-        f"refit - plain: {_mean_sd(gap_refit)}   fold ensemble - plain: {_mean_sd(gap_folds)}   (target +0.01)"
-    )
+    lines.append(f"refit - plain: {mean_sd(gap_refit)}   fold ensemble - plain: {mean_sd(gap_folds)}   (target +0.01)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="skip (this benchmark has no small mode)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "cpu_small.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--design", action="store_true", help="duel inside split 0's training part (for choices)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the space")
     parser.add_argument("--out", type=Path, default=BENCH_OUT)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from bench.real_data import DEFAULT_DATA
-
-    if args.quick:
-        print("bench_real_cells: skipped in --quick mode (~15-40 min per seed; run `python -m bench.bench_real_cells`)")
-        return 0
-    if not DEFAULT_DATA.is_dir():
-        print(f"bench_real_cells: skipped, no image folder at {DEFAULT_DATA}")
+    if skip(args, "bench_real_cells", quick="~15-40 min per seed", real_cells=True):
         return 0
     prepare_out(args.out)
     space = space_with(args.space, args.set, args.out)
@@ -196,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds {args.seeds}, {what}"
     )
     print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    dump_json(args.json, rows)
     return 0
 
 

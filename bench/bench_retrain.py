@@ -12,16 +12,16 @@ retrain does.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import bench_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,500 images, 2 epochs")
+    parser = bench_parser(__doc__, "1,500 images, 2 epochs", json_help=None)
     parser.add_argument("--images", type=int)
     parser.add_argument("--epochs", type=int)
     args = parser.parse_args(argv)

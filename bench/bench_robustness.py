@@ -19,7 +19,6 @@ here chooses a setting: the recipes are fixed before the run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from bench.common import bench_parser, dump_json, mean_sd, skip
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -76,29 +77,15 @@ def one_run(seed: int, framing: str, recipe: str, epochs: int, size: int) -> dic
     return row
 
 
-def _ms(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="skip (no small mode: ~3 min per run)")
+    parser = bench_parser(__doc__, "skip (no small mode: ~3 min per run)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--recipes", nargs="+", default=["default", "zoom", "robust"], choices=sorted(RECIPES))
     parser.add_argument("--framings", nargs="+", default=["crop200", "full"], choices=sorted(OTHER))
-    parser.add_argument("--json")
     args = parser.parse_args(argv)
-    from bench.real_data import DEFAULT_DATA
-
-    if args.quick:
-        print("bench_robustness: skipped in --quick mode (~3 min per run; run `python -m bench.bench_robustness`)")
-        return 0
-    if not DEFAULT_DATA.is_dir():
-        print(f"bench_robustness: skipped, no image folder at {DEFAULT_DATA}")
+    if skip(args, "bench_robustness", quick="~3 min per run", real_cells=True):
         return 0
     os.environ.setdefault("CELLNET_NUM_THREADS", "2")
     rows = [
@@ -112,16 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     for framing in args.framings:
         for recipe in args.recipes:
             mine = [r for r in rows if r["train_framing"] == framing and r["recipe"] == recipe]
-            cells = [_ms([r[k] for r in mine]) for k in ("clean", "other_framing", "shift_mean", "shift_worst")]
+            cells = [mean_sd([r[k] for r in mine], 3) for k in ("clean", "other_framing", "shift_mean", "shift_worst")]
             print(f"{framing:<12}{recipe:<10}" + "".join(f"{c:>16}" for c in cells))
     names = list(rows[0]["per_shift"])
     print(f"\n{'per shift (mean over seeds and framings)':<44}" + "".join(f"{r:>10}" for r in args.recipes))
     for name in names:
         vals = [statistics.mean(r["per_shift"][name] for r in rows if r["recipe"] == rec) for rec in args.recipes]
         print(f"{name:<44}" + "".join(f"{v:>10.3f}" for v in vals))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    dump_json(args.json, rows)
     return 0
 
 

@@ -69,6 +69,8 @@ import pandas as pd
 import yaml
 from ray.tune import Stopper
 
+from bench.common import bench_parser
+
 METHODS = {  # key: (label, searcher, scheduler, tell_pruned)
     "random_fifo": ("random+FIFO", "random", "fifo", True),
     "tpe_asha": ("TPE+ASHA (PRUNED told)", "tpe", "asha", True),
@@ -469,8 +471,7 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 seed, synthetic:600, 4 random trials (~8 min on 2 CPUs)")
+    p = bench_parser(__doc__, "1 seed, synthetic:600, 4 random trials (~8 min on 2 CPUs)", json_help=None)
     p.add_argument("--data", help="SOURCE searched on (default synthetic:N)")
     p.add_argument("--n", type=int, help="images of the default synthetic source (600 quick, 1200 full)")
     p.add_argument("--image-size", type=int, help="pixels (default 32)")

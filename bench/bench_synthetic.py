@@ -9,9 +9,9 @@ Both wall-clock and CPU-time rates are printed: on a shared machine the CPU-time
 
 from __future__ import annotations
 
-import argparse
 import time
 
+from bench.common import bench_parser
 from cellnet.data.synthetic import SYNTHETIC_DEFAULTS, generate
 
 DIRT = {k: v for k, v in SYNTHETIC_DEFAULTS.items() if k != "n"}
@@ -30,8 +30,7 @@ def _rates(n: int, size: int, repeats: int, **kwargs: float) -> tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small workload (bench.run --quick)")
+    parser = bench_parser(__doc__, "small workload (bench.run --quick)", json_help=None)
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96, 128])
     args = parser.parse_args(argv)

@@ -18,8 +18,6 @@ Also reported: `fit` with augmentation on (aug_strength 0.5), for information.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -28,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.common import bench_parser, dump_json
 from cellnet.augment import train_transform
 from cellnet.config import TrainConfig
 from cellnet.data.dataset import CellData
@@ -189,8 +188,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="512 images, 4 epochs")
+    p = bench_parser(__doc__, "512 images, 4 epochs", "also write the results here")
     p.add_argument("--backbone", default="mobilenetv3_small_050")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--n", type=int, default=1024)
@@ -198,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
     n, epochs = (512, 4) if a.quick else (a.n, a.epochs)
     r = run(a.backbone, a.image_size, n, a.batch_size, epochs, a.num_workers, a.device)
@@ -219,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
           f"bare: {[round(v) for v in r['bare_epochs_images_per_s']]}")  # fmt: skip
     print(f"  per-epoch per CPU s, fit: {[round(v) for v in r['fit_epochs_images_per_cpu_s']]}  "
           f"bare: {[round(v) for v in r['bare_epochs_images_per_cpu_s']]}")  # fmt: skip
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(r, f, indent=2)
+    dump_json(a.json, r)
     return 0
 
 

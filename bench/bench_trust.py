@@ -18,13 +18,13 @@ Reported per deployment (mean over seeds) against issue 14's targets:
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.common import bench_parser, dump_json, mean_sd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,11 +64,9 @@ def figures(ckpt_dir: Path, clean: Any, other: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="skip (needs the duel's runs)")
+    parser = bench_parser(__doc__, "skip (needs the duel's runs)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench-real-cells")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick or not args.runs.is_dir():
         print(f"bench_trust: skipped (needs the duel's runs in {args.runs}: python -m bench.bench_real_cells)")
@@ -99,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in keys:
                     v = v[k]
                 vals.append(v)
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "-"
-        return f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
+        return mean_sd([v for v in vals if v is not None], 3)
 
     lines = [
         ("accuracy, clean / other framing", ("clean", "accuracy"), ("other", "accuracy")),
@@ -129,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, a, b in lines:
             print(f"  {label:<50}{mean(dep, *a):>18}{mean(dep, *b):>18}")
         print(f"  {'OOD AUROC, clean vs other framing':<50}{mean(dep, 'ood_auroc'):>18}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    dump_json(args.json, rows)
     return 0
 
 

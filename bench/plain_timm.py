@@ -10,7 +10,6 @@ epochs left.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -19,6 +18,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
+
+from bench.common import bench_parser, dump_json
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
@@ -39,7 +40,7 @@ def flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__, quick_help=None, json_help="also write the result here")
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--epochs", type=int)
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json")
     args = p.parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": len(xt),
     }
     print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    dump_json(args.json, result)
     return 0
 
 
