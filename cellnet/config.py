@@ -30,7 +30,7 @@ class TrainConfig:
 
     # model
     backbone: str = "mobilenetv3_small_050"
-    pretrained: bool = False
+    pretrained: bool | str = False  # true (weights or an error), "auto" (weights where found offline), false
     weights_file: str | None = None
     head_layers: int = 1
     head_width: int = 256
@@ -79,6 +79,10 @@ def _train_problems(c: TrainConfig) -> list[str]:
             p.append(msg)
 
     need(isinstance(c.backbone, str) and bool(c.backbone), f"backbone must be a timm model name, got {c.backbone!r}")
+    need(
+        c.pretrained is True or c.pretrained is False or c.pretrained == "auto",
+        f"pretrained must be true, false or auto, got {c.pretrained!r}",
+    )
     need(c.head_layers >= 0, f"head_layers must be >= 0, got {c.head_layers}")
     need(c.head_width >= 1, f"head_width must be >= 1, got {c.head_width}")
     need(0.0 <= c.dropout < 1.0, f"dropout must be in [0, 1), got {c.dropout}")

@@ -1,8 +1,8 @@
 """The classifier: a timm backbone (features only) + a small dense head, and where its weights come from.
 
-`pretrained=True` means ImageNet weights or an error: from `weights_file` (safetensors or a torch state dict, loaded
-without unpickling), else through timm (Hugging Face cache; honours HF_HUB_OFFLINE). There is never a silent random
-initialisation when the user asked for pretrained weights.
+`pretrained=True` means ImageNet weights or an error, `pretrained="auto"` weights where an offline source exists;
+where they come from (weights_file, timm's cache, a weights package, the hub) is `cellnet.weights`. There is never a
+silent random initialisation when the user asked for pretrained weights.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,10 +23,11 @@ from cellnet.errors import CheckpointError, ConfigError
 class CellNet(nn.Module):
     """`backbone` (timm, num_classes=0: pooled features) -> `head` (hidden layers, then the k-way linear output)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Sequential) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Sequential, weights_source: str | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.weights_source = weights_source  # where the backbone's initial weights came from; None: random
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -93,8 +92,11 @@ def build_head(
 
 
 def build_model(config: TrainConfig, num_classes: int) -> CellNet:
-    """The model `config` describes, with ImageNet weights in the backbone when `config.pretrained`."""
-    backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights_file=config.weights_file)
+    """The model `config` describes, with ImageNet weights in the backbone when `config.pretrained` (true: or an
+    error; "auto": where an offline source has them). `weights_source` on the result says where they came from."""
+    from cellnet.weights import create_backbone
+
+    backbone, source = create_backbone(config.backbone, pretrained=config.pretrained, weights_file=config.weights_file)
     head = build_head(
         feature_dim(backbone),
         num_classes,
@@ -103,7 +105,7 @@ def build_model(config: TrainConfig, num_classes: int) -> CellNet:
         batchnorm=config.head_batchnorm,
         dropout=config.dropout,
     )
-    return CellNet(backbone, head)
+    return CellNet(backbone, head, source.describe() if source is not None else None)
 
 
 def feature_dim(backbone: nn.Module) -> int:
@@ -113,47 +115,6 @@ def feature_dim(backbone: nn.Module) -> int:
     if not isinstance(width, int):
         raise ConfigError(f"{type(backbone).__name__} does not report its feature width (head_hidden_size)")
     return width
-
-
-def create_backbone(name: str, *, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
-    """A timm model with its classifier removed (`num_classes=0`), optionally with pretrained weights."""
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ConfigError(f"backbone {name!r} is not a timm model name{hint}")
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=0)
-    if weights_file is not None:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        load_backbone_weights(model, weights_file)
-        return model
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
-    except Exception as e:  # timm/huggingface_hub raise many types (OSError, RuntimeError, LocalEntryNotFoundError)
-        raise ConfigError(
-            f"pretrained ImageNet weights for backbone {name!r} are not available ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no detail'}). Either download them once with network access "
-            f"(they are cached under ~/.cache/huggingface; HF_HUB_OFFLINE=1 then uses the cache), or set "
-            f"weights_file to a local .safetensors / state-dict file for {name}, or set pretrained: false"
-        ) from None
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a backbone state dict (safetensors, or a torch file read with weights_only=True) strictly.
-
-    Keys of the ImageNet classifier (timm's `pretrained_cfg["classifier"]`) are dropped, since the backbone has none;
-    any other missing, unexpected or mis-shaped key is an error rather than a partly random backbone.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"weights_file {str(path)!r} does not exist")
-    state = read_state_dict(path)
-    pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
-    classifier = pretrained_cfg.get("classifier")
-    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    state = {k: v for k, v in state.items() if not any(k.startswith(h + ".") for h in heads)}
-    check_state_dict(model, state, where=f"weights_file {str(path)!r}")
-    model.load_state_dict(state, strict=True)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
