@@ -5,7 +5,8 @@
                              the cell ~1.8x larger). Same ids in both framings, so a split applies to both.
     split(data, seed)        cleaned (duplicates, conflicts, outliers: computed on the full framing), then a
                              grouped stratified 80/20 split; nothing of the 20% is seen by anything that trains.
-    design_split(size)       the inner 80/20 holdout of split 0's training part: where settings are chosen.
+    design_split(size)       the inner 80/20 holdout of split 0's training part: where settings are chosen (other
+                             seeds and framings: the same inner holdout of that split, for choices over seeds).
     FIRST_TRIAL              spaces/cpu_small.yaml's first-trial recipe as TrainConfig fields (device: cpu).
 
 Never used by tests (tests must not depend on ../shared).
@@ -96,10 +97,13 @@ def split(
     return data.subset(train_idx), data.subset(test_idx)
 
 
-def design_split(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[CellData, CellData]:
-    """(train, val): the grouped stratified 80/20 holdout of split 0's training part; split 0's test 20% unseen."""
+def design_split(
+    size: int = 64, root: Path = DEFAULT_DATA, *, seed: int = 0, framing: str = "full"
+) -> tuple[CellData, CellData]:
+    """(train, val): the grouped stratified 80/20 holdout of split `seed`'s training part (same ids in any framing);
+    split `seed`'s test 20% stays unseen. Seed 0 is where settings are chosen."""
     from cellnet.data import holdout_split
 
-    outer_train, _ = split(size, seed=0, root=root)
-    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, 0, classes=outer_train.classes)
+    outer_train, _ = split(size, seed=seed, framing=framing, root=root)
+    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, seed, classes=outer_train.classes)
     return outer_train.subset(tr), outer_train.subset(va)

@@ -2,11 +2,14 @@
 
     OOF logits (N,C), labels (N,) ─ fit_temperature ─► T        softmax(logits / T): confidences that mean it
             └─ softmax(logits / T) ─ fit_conformal ─► ConformalScores (1 - p_y and class y of every OOF image)
+    OOF logits of the 8 TTA views (8,N,C) ─ fit_view_calibration ─► ViewCalibration (its own T and scores)
     OOF features (N,D) ─ ood_split ─┬─ 80%: fit_mahalanobis ─► MahalanobisStats (class means, shared precision)
                                     └─ 20%: mahalanobis_score ─ ood_threshold ─► threshold
                                                       │   (one per member of a fold ensemble: OODDetector)
                           fit_calibration ─► Calibration ─ to_meta() (JSON) + to_tensors() (arrays) ─► checkpoint
-                                                      └─ apply(logits, features) ─► probs, sets, set_size, ood
+                                                      └─ apply(logits, features) ─► CalibratedOutput: probs, sets,
+                                                         ood_score, uncertain() -- the one way predict, evaluate
+                                                         and the benchmarks turn outputs into what a user sees
 
 The OOD score is normalised: a member's squared distance divided by its threshold, averaged over the members of a
 fold ensemble (each in its own feature space), so > 1 means "out of distribution" for every checkpoint.
@@ -27,12 +30,12 @@ import numpy as np
 import scipy.linalg
 from crepes import ConformalClassifier
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 from scipy.special import softmax as _softmax
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from cellnet.errors import CellnetError, CheckpointError, ConfigError
+from cellnet.errors import CalibrationError, CellnetError, CheckpointError, ConfigError
 
 DEFAULT_COVERAGE = 0.95
 DEFAULT_FALSE_ALARM = 0.05
@@ -66,13 +69,13 @@ def check_false_alarm(false_alarm: float) -> float:
 def _labels(labels: Any, num_classes: int, n: int) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"labels must be 1-D with one label per row ({n}), got shape {y.shape}")
+        raise CalibrationError(f"labels must be 1-D with one label per row ({n}), got shape {y.shape}")
     if len(y) and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        raise CalibrationError(f"labels must be integers, got dtype {y.dtype}")
     y = y.astype(np.int64)
     bad = y[(y < 0) | (y >= num_classes)]
     if len(bad):
-        raise ValueError(f"labels must be in [0, {num_classes}), got {bad[:5].tolist()}")
+        raise CalibrationError(f"labels must be in [0, {num_classes}), got {bad[:5].tolist()}")
     return y
 
 
@@ -81,9 +84,9 @@ def _matrix(x: Any, name: str, columns: int | None = None) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or (columns is not None and a.shape[1] != columns):
         want = f"(N, {columns})" if columns is not None else "2-D"
-        raise ValueError(f"{name} must be {want}, got shape {a.shape}")
+        raise CalibrationError(f"{name} must be {want}, got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite; {int((~np.isfinite(a)).any(axis=1).sum())} rows are not")
+        raise CalibrationError(f"{name} must be finite; {int((~np.isfinite(a)).any(axis=1).sum())} rows are not")
     return a
 
 
@@ -94,27 +97,45 @@ def _matrix(x: Any, name: str, columns: int | None = None) -> np.ndarray:
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """softmax(logits / temperature) per row in float64 (scipy subtracts the row maximum, so large logits are safe).
 
-    Any "logits" work, e.g. log-probabilities of an ensemble: softmax(log p̄ / T) sharpens or flattens p̄.
+    `logits` (N, C), or (V, N, C) for V views of each image (test-time augmentation): then the mean over views of
+    each view's softmax, the probability TTA predicts. Any "logits" work, e.g. log-probabilities of an ensemble:
+    softmax(log p̄ / T) sharpens or flattens p̄.
     """
     if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    return _softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+        raise CalibrationError(f"temperature must be a positive finite number, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    return _softmax(z, axis=-1).mean(axis=0) if z.ndim == 3 else _softmax(z, axis=1)
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    return float(-log_softmax(logits / temperature, axis=1)[np.arange(len(labels)), labels].mean())
+def _views(logits: Any) -> np.ndarray:
+    """`logits` as finite float64 (V, N, C): one view when given (N, C)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:
+        z = z[None]
+    if z.ndim != 3 or not len(z):
+        raise CalibrationError(f"logits must be (N, C) or (views, N, C), got shape {np.shape(logits)}")
+    if not np.isfinite(z).all():
+        raise CalibrationError(f"logits must be finite; {int((~np.isfinite(z)).any(axis=(0, 2)).sum())} rows are not")
+    return z
+
+
+def _nll(z: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean -log p_y of the (view-averaged) softmax of z / T, z (V, N, C), in log space."""
+    logp = log_softmax(z / temperature, axis=2)[:, np.arange(len(labels)), labels]  # (V, N)
+    return float(-(logsumexp(logp, axis=0) - math.log(len(z))).mean())
 
 
 def fit_temperature(logits: Any, labels: Any) -> float:
-    """The T in TEMPERATURE_BOUNDS minimising the mean NLL of softmax(logits / T) (Guo et al. 2017).
+    """The T in TEMPERATURE_BOUNDS minimising the mean NLL of softmax(logits / T) (Guo et al. 2017); for (V, N, C)
+    logits, of the view-averaged softmax that TTA predicts (each view divided by T before its softmax).
 
     Searched over log T: the NLL is smoother there and T = 0.5 and T = 2 are equally far from 1. Log-probabilities
     must be finite: clip them (e.g. np.log(np.clip(p, 1e-12, None))) before calling.
     """
-    z = _matrix(logits, "logits")
-    y = _labels(labels, z.shape[1], len(z))
-    if not len(z):
-        raise ValueError("fit_temperature needs at least one image, got 0")
+    z = _views(logits)
+    y = _labels(labels, z.shape[2], z.shape[1])
+    if not z.shape[1]:
+        raise CalibrationError("fit_temperature needs at least one image, got 0")
     lo, hi = TEMPERATURE_BOUNDS
     res = minimize_scalar(
         lambda log_t: _nll(z, y, math.exp(log_t)),
@@ -144,12 +165,14 @@ class ConformalScores:
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+            raise CalibrationError(f"num_classes must be at least 2, got {self.num_classes}")
         scores = np.asarray(self.scores)
         if scores.ndim != 1 or not (np.issubdtype(scores.dtype, np.floating) or len(scores) == 0):
-            raise ValueError(f"conformal scores must be a 1-D float array, got shape {scores.shape} {scores.dtype}")
+            raise CalibrationError(
+                f"conformal scores must be a 1-D float array, got shape {scores.shape} {scores.dtype}"
+            )
         if not np.isfinite(scores).all():
-            raise ValueError("conformal scores must be finite")
+            raise CalibrationError("conformal scores must be finite")
         object.__setattr__(self, "scores", np.ascontiguousarray(scores, dtype=np.float32))
         object.__setattr__(self, "labels", _labels(self.labels, self.num_classes, len(scores)))
 
@@ -212,9 +235,11 @@ class MahalanobisStats:
         means = np.asarray(self.means)
         precision = np.asarray(self.precision)
         if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
-            raise ValueError(f"OOD means must be (C, D) and precision (D, D), got {means.shape} and {precision.shape}")
+            raise CalibrationError(
+                f"OOD means must be (C, D) and precision (D, D), got {means.shape} and {precision.shape}"
+            )
         if not (np.isfinite(means).all() and np.isfinite(precision).all()):
-            raise ValueError("OOD means and precision must be finite")
+            raise CalibrationError("OOD means and precision must be finite")
         object.__setattr__(self, "means", np.ascontiguousarray(means, dtype=np.float32))
         object.__setattr__(self, "precision", np.ascontiguousarray(precision, dtype=np.float32))
 
@@ -229,7 +254,7 @@ def fit_mahalanobis(features: Any, labels: Any, num_classes: int) -> Mahalanobis
     y = _labels(labels, num_classes, len(x))
     counts = np.bincount(y, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(
+        raise CalibrationError(
             f"fit_mahalanobis needs features of every class; classes {np.flatnonzero(counts == 0)} have none"
         )
     means = np.stack([x[y == c].mean(axis=0) for c in range(num_classes)])
@@ -237,7 +262,7 @@ def fit_mahalanobis(features: Any, labels: Any, num_classes: int) -> Mahalanobis
     try:
         factor = scipy.linalg.cho_factor(cov)
     except np.linalg.LinAlgError as e:
-        raise ValueError(f"features have no within-class variance (trace {np.trace(cov):.3g}); cannot fit") from e
+        raise CalibrationError(f"features have no within-class variance (trace {np.trace(cov):.3g}); cannot fit") from e
     precision = scipy.linalg.cho_solve(factor, np.eye(len(cov)))
     return MahalanobisStats(means, (precision + precision.T) / 2)
 
@@ -250,7 +275,7 @@ def mahalanobis_score(features: Any, stats: MahalanobisStats) -> np.ndarray:
     """
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != stats.means.shape[1]:
-        raise ValueError(f"features must be (N, {stats.means.shape[1]}), got shape {x.shape}")
+        raise CalibrationError(f"features must be (N, {stats.means.shape[1]}), got shape {x.shape}")
     means = stats.means.astype(np.float64)
     precision = stats.precision.astype(np.float64)
     centre = means.mean(axis=0)
@@ -274,7 +299,7 @@ def ood_split(labels: Any, holdout: float = OOD_HOLDOUT, seed: int = 0) -> tuple
     """
     y = np.asarray(labels)
     if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+        raise CalibrationError(f"holdout must be in (0, 1), got {holdout}")
     rng = np.random.default_rng(seed)
     held = [
         idx[: min(round(holdout * len(idx)), len(idx) - 1)]
@@ -282,7 +307,7 @@ def ood_split(labels: Any, holdout: float = OOD_HOLDOUT, seed: int = 0) -> tuple
     ]
     threshold_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     if not len(threshold_idx):
-        raise ValueError(f"no image left for the OOD threshold: {len(y)} images, holdout {holdout}")
+        raise CalibrationError(f"no image left for the OOD threshold: {len(y)} images, holdout {holdout}")
     return np.setdiff1d(np.arange(len(y)), threshold_idx), threshold_idx
 
 
@@ -293,7 +318,9 @@ def ood_threshold(scores: Any, false_alarm: float = DEFAULT_FALSE_ALARM) -> floa
     false_alarm = check_false_alarm(false_alarm)
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     if not len(s) or not np.isfinite(s).all():
-        raise ValueError(f"ood_threshold needs finite scores, got {len(s)} with {int((~np.isfinite(s)).sum())} bad")
+        raise CalibrationError(
+            f"ood_threshold needs finite scores, got {len(s)} with {int((~np.isfinite(s)).sum())} bad"
+        )
     rank = math.ceil((len(s) + 1) * (1.0 - false_alarm) - 1e-9)
     return float(s[min(rank, len(s)) - 1])
 
@@ -312,19 +339,19 @@ class OODDetector:
     members: tuple[MahalanobisStats, ...]
     thresholds: tuple[float, ...]
     false_alarm: float
-    how: str = "held-out"
+    threshold_from: str = "held-out"  # held-out images, or "transferred" (a refit: see transferred_threshold)
 
     def __post_init__(self) -> None:
         if not self.members or len(self.members) != len(self.thresholds):
-            raise ValueError(f"{len(self.members)} OOD members but {len(self.thresholds)} thresholds")
+            raise CalibrationError(f"{len(self.members)} OOD members but {len(self.thresholds)} thresholds")
         if not all(math.isfinite(t) and t > 0 for t in self.thresholds):
-            raise ValueError(f"OOD thresholds must be finite and > 0, got {list(self.thresholds)}")
+            raise CalibrationError(f"OOD thresholds must be finite and > 0, got {list(self.thresholds)}")
         shapes = {m.means.shape for m in self.members}
         if len(shapes) != 1:
-            raise ValueError(f"OOD members disagree on (classes, features): {sorted(shapes)}")
+            raise CalibrationError(f"OOD members disagree on (classes, features): {sorted(shapes)}")
         check_false_alarm(self.false_alarm)
-        if self.how not in ("held-out", "transferred"):
-            raise ValueError(f"OOD threshold origin must be held-out or transferred, got {self.how!r}")
+        if self.threshold_from not in ("held-out", "transferred"):
+            raise CalibrationError(f"OOD threshold_from must be held-out or transferred, got {self.threshold_from!r}")
 
     @property
     def num_classes(self) -> int:
@@ -340,7 +367,9 @@ class OODDetector:
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[0] != len(self.members):
-            raise ValueError(f"features must be (N, D) or ({len(self.members)}, N, D), got shape {np.shape(features)}")
+            raise CalibrationError(
+                f"features must be (N, D) or ({len(self.members)}, N, D), got shape {np.shape(features)}"
+            )
         scores = [mahalanobis_score(x[i], m) / t for i, (m, t) in enumerate(zip(self.members, self.thresholds))]
         return np.mean(scores, axis=0)
 
@@ -369,25 +398,95 @@ def transferred_threshold(seen_scores: Any, pairs: list[tuple[Any, Any]], false_
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What a user sees: the one way from a model's outputs to probabilities, sets and flags
+
+
+def is_ood(score: Any) -> np.ndarray:
+    """The out-of-distribution flag of normalised OOD scores: above 1, or not a number (non-finite features)."""
+    return ~(np.asarray(score, dtype=np.float64) <= 1.0)
+
+
+def uncertain(
+    probs: np.ndarray,
+    sets: np.ndarray | None = None,
+    ood_score: np.ndarray | None = None,
+    min_confidence: float | None = None,
+) -> np.ndarray:
+    """The one "uncertain" rule (predict's column, evaluate's flags, the benchmarks): the prediction set is not exactly
+    one class, or the image is out of distribution, or the top probability is below `min_confidence` -- whichever
+    of these the checkpoint can tell (an uncalibrated one: only the last)."""
+    flag = np.zeros(len(probs), dtype=bool)
+    if sets is not None:
+        flag |= np.asarray(sets).sum(axis=1) != 1
+    if ood_score is not None:
+        flag |= is_ood(ood_score)
+    if min_confidence is not None:
+        flag |= np.asarray(probs).max(axis=1) < min_confidence
+    return flag
+
+
+@dataclass
+class CalibratedOutput:
+    """What a calibration makes of a model's outputs for N images: temperature-scaled probabilities, conformal sets
+    at `coverage`, and the OOD score when features were given; `views` = 1, or 8 with test-time augmentation."""
+
+    probs: np.ndarray  # (N, C) float32
+    sets: np.ndarray  # (N, C) bool
+    coverage: float
+    views: int
+    always_in_set: list[int]  # classes in every set at this coverage (too few calibration images)
+    ood_score: np.ndarray | None = None  # (N,) normalised: > 1 is out of distribution
+
+    @property
+    def set_size(self) -> np.ndarray:
+        return self.sets.sum(axis=1)
+
+    @property
+    def ood(self) -> np.ndarray | None:
+        return None if self.ood_score is None else is_ood(self.ood_score)
+
+    def uncertain(self, min_confidence: float | None = None) -> np.ndarray:
+        return uncertain(self.probs, self.sets, self.ood_score, min_confidence)
+
+
+@dataclass(frozen=True)
+class ViewCalibration:
+    """The temperature and conformal scores of predicting with test-time augmentation (the mean of the 8 dihedral
+    views' softmax): fitted on the same out-of-fold images, each scored under all 8 views."""
+
+    temperature: float
+    conformal: ConformalScores
+    views: int = 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # What the checkpoint stores
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Temperature, conformal calibration scores and (optionally) the OOD statistics of one deployed model."""
+    """Temperature, conformal calibration scores and (optionally) the OOD statistics of one deployed model; `tta`
+    the same for predicting with test-time augmentation (None: fitted on single views only).
+
+    Fitted on fp32 outputs of single (or 8 averaged) views, and applied to the same: `cellnet.predict.infer` never
+    runs a calibrated model in reduced precision, and the OOD score always reads the identity view's features."""
 
     temperature: float
     coverage: float  # default for `apply`; `cellnet predict --coverage` overrides it
     conformal: ConformalScores
     ood: OODDetector | None = None
     notes: tuple[str, ...] = ()
+    tta: ViewCalibration | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, numbers.Real) and 0 < self.temperature < math.inf):
-            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
+        for t in (self.temperature, *([self.tta.temperature] if self.tta else [])):
+            if not (isinstance(t, numbers.Real) and 0 < t < math.inf):
+                raise CalibrationError(f"temperature must be a positive finite number, got {t}")
         check_coverage(self.coverage)
         if self.ood is not None and self.ood.num_classes != self.num_classes:
-            raise ValueError(f"ood means have {self.ood.num_classes} classes, expected {self.num_classes}")
+            raise CalibrationError(f"ood means have {self.ood.num_classes} classes, expected {self.num_classes}")
+        if self.tta is not None and self.tta.conformal.num_classes != self.num_classes:
+            raise CalibrationError(f"the TTA calibration has {self.tta.conformal.num_classes} classes")
 
     @property
     def num_classes(self) -> int:
@@ -397,30 +496,41 @@ class Calibration:
     def num_calibration(self) -> int:
         return len(self.conformal.scores)
 
-    def apply(self, logits: Any, features: Any = None, coverage: float | None = None) -> dict[str, Any]:
-        """Calibrated probs (N, C) float32, conformal sets (N, C) bool, set_size (N,), ood_score and ood (N,) or
-        None without features, always_in_set (classes in every set at this coverage, for a warning).
+    def view(self, views: int) -> tuple[float, ConformalScores]:
+        """(temperature, conformal scores) for predictions averaged over `views` views: 1, or the TTA calibration's.
+        Anything else would silently break the promise the sets and flags make: a CalibrationError."""
+        if views == 1:
+            return self.temperature, self.conformal
+        if self.tta is not None and views == self.tta.views:
+            return self.tta.temperature, self.tta.conformal
+        fitted = "single views only" if self.tta is None else f"single views and {self.tta.views}-view TTA"
+        raise CalibrationError(
+            f"this checkpoint's calibration was fitted on {fitted}, not on {views} averaged views: its temperature, "
+            "prediction sets and coverage would not hold for them. Predict without --tta, or deploy the model again "
+            "with this cellnet (it calibrates the TTA view too)"
+        )
 
-        `features`: (N, D), or (k, N, D) for a fold ensemble's members. `ood_score` is normalised (> 1: out of
-        distribution); `ood` is "not at or below 1", so an image with non-finite features is flagged.
-        """
+    def apply(self, logits: Any, features: Any = None, coverage: float | None = None) -> CalibratedOutput:
+        """Calibrated probabilities, conformal sets at `coverage` (default: the checkpoint's) and, with `features`,
+        the OOD score. `logits` (N, C) for single views or (V, N, C) for TTA's V views (`view`); `features` (N, D),
+        or (k, N, D) for a fold ensemble's members, always of the identity view."""
         coverage = self.coverage if coverage is None else check_coverage(coverage)
-        probs = softmax(_matrix(logits, "logits", self.num_classes), self.temperature)
-        sets = prediction_sets(probs, self.conformal, coverage)
-        out: dict[str, Any] = {
-            "probs": probs.astype(np.float32),
-            "sets": sets,
-            "set_size": sets.sum(axis=1),
-            "ood_score": None,
-            "ood": None,
-            "always_in_set": self.conformal.always_included(coverage),
-        }
+        z = _views(logits)
+        temperature, conformal = self.view(len(z))
+        if z.shape[2] != self.num_classes:
+            raise CalibrationError(f"logits have {z.shape[2]} classes, the calibration {self.num_classes}")
+        probs = softmax(z if len(z) > 1 else z[0], temperature)
+        out = CalibratedOutput(
+            probs=probs.astype(np.float32),
+            sets=prediction_sets(probs, conformal, coverage),
+            coverage=coverage,
+            views=len(z),
+            always_in_set=conformal.always_included(coverage),
+        )
         if features is not None:
             if self.ood is None:
-                raise ValueError("this calibration was fitted without features: it has no OOD statistics")
-            score = self.ood.score(features)
-            out["ood_score"] = score
-            out["ood"] = ~(score <= 1.0)
+                raise CalibrationError("this calibration was fitted without features: it has no OOD statistics")
+            out.ood_score = self.ood.score(features)
         return out
 
     def to_meta(self) -> dict[str, Any]:
@@ -432,10 +542,13 @@ class Calibration:
                 "members": len(self.ood.members),
                 "thresholds": [float(t) for t in self.ood.thresholds],
                 "false_alarm": float(self.ood.false_alarm),
-                "threshold_from": self.ood.how,
+                "threshold_from": self.ood.threshold_from,
                 "feature_dim": self.ood.feature_dim,
                 "library": f"scikit-learn {version('scikit-learn')}",
             }
+        tta = None
+        if self.tta is not None:
+            tta = {"temperature": float(self.tta.temperature), "views": self.tta.views}
         return {
             "temperature": float(self.temperature),
             "coverage": float(self.coverage),
@@ -445,13 +558,17 @@ class Calibration:
             "always_in_set": self.conformal.always_included(self.coverage),
             "conformal": {"method": CONFORMAL_METHOD, "library": f"crepes {version('crepes')}"},
             "ood": ood,
+            "tta": tta,
+            "precision": "float32",
             "notes": list(self.notes),
         }
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        """The arrays: conformal scores (N,) float32 and labels (N,) int64; OOD means (k, C, D), precision
-        (k, D, D) for the k scored members."""
+        """The arrays: conformal scores (N,) float32 and labels (N,) int64 (TTA's scores for the same images);
+        OOD means (k, C, D), precision (k, D, D) for the k scored members."""
         out = {"conformal_scores": self.conformal.scores, "conformal_labels": self.conformal.labels}
+        if self.tta is not None:
+            out["tta_conformal_scores"] = self.tta.conformal.scores
         if self.ood is not None:
             out |= {
                 "ood_means": np.stack([m.means for m in self.ood.members]),
@@ -465,47 +582,57 @@ class Calibration:
         missing = [k for k in ("temperature", "coverage", "num_classes", "num_calibration", "ood") if k not in meta]
         if missing:
             raise CheckpointError(f"calibration meta lacks {missing}")
-        ood_meta = meta["ood"]
+        ood_meta, tta_meta = meta["ood"], meta.get("tta")
         expected = set(TENSOR_KEYS) | (set(OOD_TENSOR_KEYS) if ood_meta is not None else set())
+        expected |= {"tta_conformal_scores"} if tta_meta is not None else set()
         if set(tensors) != expected:
             raise CheckpointError(
                 f"calibration tensors {sorted(tensors)} do not match the meta (ood "
-                f"{'present' if ood_meta is not None else 'absent'}): expected {sorted(expected)}"
+                f"{'present' if ood_meta is not None else 'absent'}, tta {'present' if tta_meta else 'absent'}): "
+                f"expected {sorted(expected)}"
             )
         try:
-            conformal = ConformalScores(
-                tensors["conformal_scores"], tensors["conformal_labels"], int(meta["num_classes"])
-            )
+            labels, num_classes = tensors["conformal_labels"], int(meta["num_classes"])
+            conformal = ConformalScores(tensors["conformal_scores"], labels, num_classes)
             if len(conformal.scores) != meta["num_calibration"]:
-                raise ValueError(f"{len(conformal.scores)} conformal scores, meta says {meta['num_calibration']}")
+                raise CalibrationError(f"{len(conformal.scores)} conformal scores, meta says {meta['num_calibration']}")
             counts = meta.get("calibration_counts")
             if counts is not None and list(counts) != conformal.counts.tolist():
-                raise ValueError(f"calibration counts {conformal.counts.tolist()} do not match the meta's {counts}")
-            ood = None
-            if ood_meta is not None:
-                means, precision = np.asarray(tensors["ood_means"]), np.asarray(tensors["ood_precision"])
-                if means.ndim != 3 or precision.ndim != 3 or len(means) != len(precision):
-                    raise ValueError(f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)")
-                members = tuple(MahalanobisStats(m, p) for m, p in zip(means, precision))
-                if members[0].means.shape[1] != ood_meta["feature_dim"]:
-                    raise ValueError(
-                        f"ood means have {members[0].means.shape[1]} features, meta says {ood_meta['feature_dim']}"
-                    )
-                ood = OODDetector(
-                    members,
-                    tuple(float(t) for t in ood_meta["thresholds"]),
-                    float(ood_meta["false_alarm"]),
-                    str(ood_meta.get("threshold_from", "held-out")),
+                raise CalibrationError(
+                    f"calibration counts {conformal.counts.tolist()} do not match the meta's {counts}"
                 )
+            tta = None
+            if tta_meta is not None:
+                scores = ConformalScores(tensors["tta_conformal_scores"], labels, num_classes)
+                tta = ViewCalibration(float(tta_meta["temperature"]), scores, int(tta_meta["views"]))
             return cls(
                 temperature=float(meta["temperature"]),
                 coverage=float(meta["coverage"]),
                 conformal=conformal,
-                ood=ood,
+                ood=_ood_from(ood_meta, tensors) if ood_meta is not None else None,
                 notes=tuple(str(n) for n in meta.get("notes", ())),
+                tta=tta,
             )
         except (KeyError, TypeError, ValueError, CellnetError) as e:
             raise CheckpointError(f"calibration in checkpoint is inconsistent: {e}") from e
+
+
+def _ood_from(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> OODDetector:
+    means, precision = np.asarray(tensors["ood_means"]), np.asarray(tensors["ood_precision"])
+    if means.ndim != 3 or precision.ndim != 3 or len(means) != len(precision):
+        raise CalibrationError(f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)")
+    members = tuple(MahalanobisStats(m, p) for m, p in zip(means, precision))
+    if members[0].means.shape[1] != meta["feature_dim"]:
+        raise CalibrationError(f"ood means have {members[0].means.shape[1]} features, meta says {meta['feature_dim']}")
+    thresholds = tuple(float(t) for t in meta["thresholds"])
+    return OODDetector(members, thresholds, float(meta["false_alarm"]), str(meta.get("threshold_from", "held-out")))
+
+
+def fit_view_calibration(view_logits: Any, labels: Any, num_classes: int) -> ViewCalibration:
+    """Temperature and conformal scores of TTA predictions from (V, N, C) out-of-fold logits of V views."""
+    z = _views(view_logits)
+    temperature = fit_temperature(z, labels)
+    return ViewCalibration(temperature, fit_conformal(softmax(z, temperature), labels, num_classes), len(z))
 
 
 def fit_calibration(
@@ -514,21 +641,25 @@ def fit_calibration(
     num_classes: int,
     features: Any = None,
     *,
+    view_logits: Any = None,
     coverage: float = DEFAULT_COVERAGE,
     false_alarm: float = DEFAULT_FALSE_ALARM,
     ood_holdout: float = OOD_HOLDOUT,
     seed: int = 0,
 ) -> Calibration:
     """Temperature first, conformal scores on the temperature-scaled OOF probabilities, then (with features) the
-    Mahalanobis statistics on 1 - `ood_holdout` of the images and the threshold on the rest (see `ood_split`)."""
+    Mahalanobis statistics on 1 - `ood_holdout` of the images and the threshold on the rest (see `ood_split`).
+    `view_logits` (V, N, C; the TTA views of the same images) adds the TTA calibration."""
     coverage = check_coverage(coverage)
     if features is not None:
         check_false_alarm(false_alarm)
     temperature = fit_temperature(logits, labels)
     conformal = fit_conformal(softmax(logits, temperature), labels, num_classes)
+    tta = fit_view_calibration(view_logits, labels, num_classes) if view_logits is not None else None
     notes: list[str] = []
-    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
-        notes.append(f"temperature {temperature:.3g} is at the edge of the search range {TEMPERATURE_BOUNDS}")
+    for name, t in (("temperature", temperature), ("TTA temperature", tta.temperature if tta else 1.0)):
+        if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
+            notes.append(f"{name} {t:.3g} is at the edge of the search range {TEMPERATURE_BOUNDS}")
     rare = conformal.always_included(coverage)
     if rare:
         notes.append(
@@ -536,7 +667,7 @@ def fit_calibration(
             f"{coverage}: they are in every prediction set"
         )
     if features is None:
-        return Calibration(temperature, coverage, conformal, notes=tuple(notes))
+        return Calibration(temperature, coverage, conformal, notes=tuple(notes), tta=tta)
     stats, held_scores = fit_ood_held_out(features, labels, num_classes, holdout=ood_holdout, seed=seed)
     threshold = ood_threshold(held_scores, false_alarm)
     n_fit = len(_matrix(features, "features")) - len(held_scores)
@@ -544,7 +675,7 @@ def fit_calibration(
     if (len(held_scores) + 1) * (1.0 - false_alarm) > len(held_scores):
         notes.append(f"too few held-out images for false_alarm {false_alarm}: the threshold is their largest score")
     detector = OODDetector((stats,), (threshold,), float(false_alarm))
-    return Calibration(temperature, coverage, conformal, detector, tuple(notes))
+    return Calibration(temperature, coverage, conformal, detector, tuple(notes), tta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,7 +691,7 @@ def coverage_report(sets: np.ndarray, labels: np.ndarray, class_names: list[str]
     sets = np.asarray(sets, dtype=bool)
     y = _labels(labels, len(class_names), len(sets))
     if sets.ndim != 2 or sets.shape[1] != len(class_names):
-        raise ValueError(f"sets must be (N, {len(class_names)}), got shape {sets.shape}")
+        raise CalibrationError(f"sets must be (N, {len(class_names)}), got shape {sets.shape}")
     covered = sets[np.arange(len(y)), y]
     size = sets.sum(axis=1)
     per_class = {}
@@ -586,7 +717,9 @@ def flag_report(uncertain: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
     flag = np.asarray(uncertain, dtype=bool)
     ok = np.asarray(correct, dtype=bool)
     if flag.shape != ok.shape or flag.ndim != 1:
-        raise ValueError(f"uncertain and correct must be 1-D and the same length, got {flag.shape} and {ok.shape}")
+        raise CalibrationError(
+            f"uncertain and correct must be 1-D and the same length, got {flag.shape} and {ok.shape}"
+        )
     wrong_flagged, right_flagged = int((flag & ~ok).sum()), int((flag & ok).sum())
     n_wrong, n_right = int((~ok).sum()), int(ok.sum())
     return {

@@ -77,6 +77,11 @@ class Checkpoint:
     calibration: Calibration | None = None  # fitted on out-of-fold data (cellnet/calibrate.py), or None
 
     @property
+    def temperature(self) -> float:
+        """The temperature its calibration divides single-view logits by (1.0 without a calibration)."""
+        return float(self.calibration.temperature) if self.calibration is not None else 1.0
+
+    @property
     def members(self) -> int:
         """Models averaged by this checkpoint: k for a fold ensemble, 1 for a single model."""
         return len(self.model.members) if isinstance(self.model, FoldEnsemble) else 1

@@ -347,6 +347,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "model's own" + ("; --coverage ignored" if args.coverage is not None else ""),
             file=sys.stderr,
         )
+    else:
+        _warn_always_in_set(ckpt, args.coverage, views=8 if args.tta else 1)
     table = predict_inputs(
         ckpt,
         args.inputs,
@@ -379,6 +381,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_FAILED_INPUTS if failed else 0
 
 
+def _warn_always_in_set(ckpt: Any, coverage: float | None, *, views: int) -> None:
+    """Decision 0005's warning: a class with too few calibration images to ever leave a set at this coverage is in
+    every set, so its sets say nothing about it."""
+    _, conformal = ckpt.calibration.view(views)
+    coverage = ckpt.calibration.coverage if coverage is None else coverage
+    rare = conformal.always_included(coverage)
+    if rare:
+        names = ", ".join(f"{ckpt.classes[c]} ({conformal.counts[c]} calibration images)" for c in rare)
+        print(
+            f"warning: at coverage {coverage:g} these classes are in every prediction set (too few calibration "
+            f"images to ever leave one): {names}",
+            file=sys.stderr,
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cellnet import data as celldata
     from cellnet.evaluate import evaluate, summary_table
@@ -394,7 +411,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         where=args.data,
-        extra={"checkpoint": str(args.checkpoint), "data": args.data},
+        header={"checkpoint": str(args.checkpoint), "data": args.data},
     )
     for name, text in metrics["text"].items():
         print(f"== {name} ({args.data}, {len(data)} images) ==\n{text}")

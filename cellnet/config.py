@@ -216,11 +216,13 @@ class RetrainSpec:
 @dataclass(frozen=True)
 class CalibrationSpec:
     """How the deployed checkpoints are calibrated on the winner's out-of-fold predictions (cellnet/calibrate.py):
-    the default coverage of prediction sets (`cellnet predict --coverage` overrides it) and the false-alarm rate
-    the OOD threshold is set for."""
+    the default coverage of prediction sets (`cellnet predict --coverage` overrides it), the false-alarm rate the
+    OOD threshold is set for, and whether predicting with `--tta` is calibrated too (scores every training image
+    under the 8 dihedral views once more: 8 inference passes, no training)."""
 
     coverage: float = 0.95
     ood_false_alarm: float = 0.05
+    tta: bool = True
 
 
 RETRAIN_MODES = ("refit", "folds", "both")
@@ -535,6 +537,7 @@ def _check_sections(cfg: ExperimentConfig) -> None:
             isinstance(cfg.calibration.ood_false_alarm, float) and 0.0 < cfg.calibration.ood_false_alarm < 1.0,
             f"calibration.ood_false_alarm must be in (0, 1), got {cfg.calibration.ood_false_alarm!r}",
         ),
+        (isinstance(cfg.calibration.tta, bool), f"calibration.tta must be true or false, got {cfg.calibration.tta!r}"),
         (
             cfg.retrain.mode in RETRAIN_MODES,
             f"retrain.mode must be one of {list(RETRAIN_MODES)}, got {cfg.retrain.mode!r}",

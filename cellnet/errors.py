@@ -21,3 +21,10 @@ class CheckpointError(CellnetError):
 
 class DivergedError(CellnetError):
     """Training produced a NaN/inf loss; the run cannot continue."""
+
+
+class CalibrationError(CellnetError, ValueError):
+    """A calibration cannot be fitted or applied (too few images, a class without any, mismatched shapes).
+
+    Also a ValueError, which is what numerical code raised before; the CLIs print it as one line like every
+    CellnetError."""

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
 
+from cellnet.calibrate import CalibratedOutput
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
-from cellnet.predict import infer_trusted, prediction_table
+from cellnet.predict import Prediction, predict_batch, prediction_table
 from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift, resolve_names
 
 if TYPE_CHECKING:
@@ -215,11 +216,11 @@ def shifted_metrics(
     names = resolve_names(suite)
     per_shift: dict[str, dict[str, Any]] = {}
     for name in names:
-        out, extra = infer_trusted(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
+        out = predict_batch(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
         rep = report(y_true, out.probs, classes)
         per_shift[name] = {k: rep[k] for k in SHIFT_KEYS} | {"description": SHIFTS[name].description}
-        if extra.sets is not None:
-            per_shift[name]["trust"] = trust_metrics(y_true, out.probs, extra, classes, clean_ood=clean_ood)
+        if out.calibrated is not None:
+            per_shift[name]["trust"] = trust_metrics(y_true, out, classes, clean_ood=clean_ood)
     accuracy = {name: per_shift[name]["accuracy"] for name in names}
     worst = min(names, key=lambda n: accuracy[n])
     out_metrics: dict[str, Any] = {
@@ -244,26 +245,25 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def trust_metrics(
-    y_true: np.ndarray, probs: np.ndarray, extra: Any, classes: list[str], *, clean_ood: np.ndarray | None = None
+    y_true: np.ndarray, prediction: Prediction, classes: list[str], *, clean_ood: np.ndarray | None = None
 ) -> dict[str, Any]:
     """What a calibrated checkpoint promises, measured: empirical coverage and set size (overall, per class), the
-    share of wrong / right predictions flagged uncertain (set not exactly one class, or OOD), the OOD flag rate,
-    and -- for shifted data, given the clean images' scores -- the OOD score's AUROC (shifted vs clean)."""
+    share of wrong / right predictions flagged uncertain (`cellnet.calibrate.uncertain`), the OOD flag rate, and --
+    for shifted data, given the clean images' scores -- the OOD score's AUROC (shifted vs clean)."""
     from cellnet.calibrate import coverage_report, flag_report, ood_auroc
 
-    correct = probs.argmax(axis=1) == y_true
-    sets = extra.sets
-    uncertain = sets.sum(axis=1) != 1
-    out: dict[str, Any] = {"coverage": coverage_report(sets, y_true, classes)}
-    if extra.ood_score is not None:
-        ood = ~(extra.ood_score <= 1.0)
-        uncertain = uncertain | ood
-        out["ood_flagged"] = float(ood.mean()) if len(ood) else None
-        out["ood_flagged_right"] = float(ood[correct].mean()) if correct.any() else None
+    cal = prediction.calibrated
+    if cal is None:
+        raise ValueError("trust_metrics needs a calibrated checkpoint's prediction")
+    correct = cal.probs.argmax(axis=1) == y_true
+    out: dict[str, Any] = {"coverage": coverage_report(cal.sets, y_true, classes)}
+    if cal.ood is not None and cal.ood_score is not None:
+        out["ood_flagged"] = float(cal.ood.mean()) if len(cal.ood) else None
+        out["ood_flagged_right"] = float(cal.ood[correct].mean()) if correct.any() else None
         if clean_ood is not None:
-            out["ood_auroc"] = ood_auroc(clean_ood, extra.ood_score)
-    out["flags"] = flag_report(uncertain, correct)
-    out["set_flags"] = flag_report(sets.sum(axis=1) != 1, correct)
+            out["ood_auroc"] = ood_auroc(clean_ood, cal.ood_score)
+    out["flags"] = flag_report(cal.uncertain(), correct)
+    out["set_flags"] = flag_report(cal.set_size != 1, correct)
     return out
 
 
@@ -303,7 +303,7 @@ def write_report(
     out_dir: Path,
     title: str,
     *,
-    trusted: Any = None,
+    calibrated: CalibratedOutput | None = None,
 ) -> None:
     """All files of one evaluation into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,8 +311,8 @@ def write_report(
         rep["per_class"].to_csv(tmp, index=False, float_format="%.6f")
     with atomic_path(out_dir / "confusion_matrix.csv") as tmp:
         pd.DataFrame(rep["confusion"], index=pd.Index(classes, name="true"), columns=classes).to_csv(tmp)
-    sets = trusted.sets if trusted is not None else None
-    ood = trusted.ood_score if trusted is not None else None
+    sets = calibrated.sets if calibrated is not None else None
+    ood = calibrated.ood_score if calibrated is not None else None
     preds = prediction_table([str(i) for i in ids], probs, [""] * len(ids), classes, sets=sets, ood_score=ood)
     preds.insert(1, "label", [classes[t] for t in y_true])
     preds = preds.drop(
@@ -325,8 +325,8 @@ def write_report(
 
 
 def calibration_gain(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
-    """ECE of the model's own softmax and of the temperature-scaled one (identity view, no TTA: the temperature was
-    fitted on plain out-of-fold logits)."""
+    """ECE of the model's own softmax and of the temperature-scaled one: `logits` N×C, or V×N×C with TTA (then
+    `temperature` is the TTA calibration's)."""
     from cellnet.calibrate import softmax
 
     out = {}
@@ -337,7 +337,7 @@ def calibration_gain(logits: np.ndarray, y_true: np.ndarray, temperature: float)
 
 
 def plot_trust(
-    trust: dict[str, Any], probs: np.ndarray, y_true: np.ndarray, trusted: Any, classes: list[str], path: Path
+    trust: dict[str, Any], calibrated: CalibratedOutput, y_true: np.ndarray, classes: list[str], path: Path
 ) -> None:
     """Left: empirical coverage per class against the target. Right: accuracy of the predictions kept vs the share
     flagged, when flagging by lowest confidence (the curve), with the checkpoint's own flags as points."""
@@ -354,6 +354,7 @@ def plot_trust(
     left.set_ylabel("share of cells whose set holds the true class")
     left.set_title(f"coverage per class (overall {trust['coverage']['coverage']:.3f})")
     left.legend(loc="lower left")
+    probs = calibrated.probs
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true
     order = np.argsort(confidence)  # flag the least confident first
@@ -361,10 +362,10 @@ def plot_trust(
     kept_correct = np.cumsum(correct[order][::-1])[::-1]  # correct among the kept, after flagging i images
     shares = np.arange(n) / max(n, 1)
     right.plot(shares, kept_correct / np.maximum(n - np.arange(n), 1), color="tab:gray", label="flag lowest confidence")
-    flags = {"set not one class": trusted.sets.sum(axis=1) != 1}
-    if trusted.ood_score is not None:
-        flags["out of distribution"] = ~(trusted.ood_score <= 1.0)
-        flags["uncertain (either)"] = flags["set not one class"] | flags["out of distribution"]
+    flags = {"set not one class": calibrated.set_size != 1}
+    if calibrated.ood is not None:
+        flags["out of distribution"] = calibrated.ood
+        flags["uncertain (either)"] = calibrated.uncertain()
     for (label, flag), marker in zip(flags.items(), "os^"):
         kept = ~flag
         acc = float(correct[kept].mean()) if kept.any() else np.nan
@@ -388,35 +389,36 @@ def evaluate(
     batch_size: int = 256,
     seed: int = SHIFT_SEED,
     where: str = "data",
-    extra: dict[str, Any] | None = None,
+    header: dict[str, Any] | None = None,
     shifts: Sequence[str] = DEFAULT_SUITE,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on `data`, write the report files into `out_dir`, return the metrics.json content.
 
     `data` must be at the checkpoint's image_size or is resized by `predict_images`; classes are matched by name.
-    `shifted=True` adds metrics["shifted"] for the shift names in `shifts` (seeded by `seed`).
+    `shifted=True` adds metrics["shifted"] for the shift names in `shifts` (seeded by `seed`). `header`: entries
+    metrics.json starts with (which checkpoint, which data).
     """
     out_dir = Path(out_dir)
     classes = list(checkpoint.classes)
     y_true = labels_for(data, checkpoint.classes, where)
     suite = resolve_names(shifts) if shifted else ()
-    metrics: dict[str, Any] = {**(extra or {}), "classes": classes, "tta": tta}
-    inference, trusted = infer_trusted(checkpoint, data.images, batch_size=batch_size, tta=tta)
-    probs = inference.probs
+    metrics: dict[str, Any] = {**(header or {}), "classes": classes, "tta": tta}
+    prediction = predict_batch(checkpoint, data.images, batch_size=batch_size, tta=tta)
+    probs, cal = prediction.probs, prediction.calibrated
     rep = report(y_true, probs, classes)
-    write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean", trusted=trusted)
+    write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean", calibrated=cal)
     metrics["clean"] = _json_ready(rep, classes)
-    calibration = getattr(checkpoint, "calibration", None)
-    if calibration is None:
+    if checkpoint.calibration is None or cal is None:
         metrics["trust"] = None
     else:
+        temperature, _ = checkpoint.calibration.view(cal.views)
         metrics["trust"] = {
-            "temperature": float(calibration.temperature),
-            "coverage_target": float(calibration.coverage),
-            **calibration_gain(inference.logits, y_true, calibration.temperature),
-            **trust_metrics(y_true, probs, trusted, classes),
+            "temperature": temperature,
+            "coverage_target": cal.coverage,
+            **calibration_gain(prediction.inference.all_views(), y_true, temperature),
+            **trust_metrics(y_true, prediction, classes),
         }
-        plot_trust(metrics["trust"], probs, y_true, trusted, classes, out_dir / "trust.png")
+        plot_trust(metrics["trust"], cal, y_true, classes, out_dir / "trust.png")
     if suite:
         metrics["shifted"] = shifted_metrics(
             checkpoint,
@@ -427,7 +429,7 @@ def evaluate(
             seed=seed,
             tta=tta,
             batch_size=batch_size,
-            clean_ood=trusted.ood_score,
+            clean_ood=cal.ood_score if cal is not None else None,
         )
         plot_shifted(metrics["shifted"], rep["accuracy"], out_dir / "shifted_accuracy.png", "accuracy under shift")
     metrics["text"] = {"clean": rep["text"]}

@@ -45,7 +45,7 @@ class _Deployable(nn.Module):
         self.input_size = checkpoint.input_size
         self.mean = tuple(float(v) for v in checkpoint.mean)
         self.std = tuple(float(v) for v in checkpoint.std)
-        self.temperature = _temperature(checkpoint)
+        self.temperature = checkpoint.temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = preprocess(images, image_size=self.image_size, input_size=self.input_size, mean=self.mean, std=self.std)
@@ -67,13 +67,8 @@ def metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "output_format": json.dumps("float32 N×C softmax probabilities, columns in the order of `classes`"),
         "backbone": json.dumps(getattr(checkpoint.config, "backbone", None)),
         "members": json.dumps(int(getattr(checkpoint, "members", 1))),
-        "temperature": json.dumps(_temperature(checkpoint)),
+        "temperature": json.dumps(checkpoint.temperature),
     }
-
-
-def _temperature(checkpoint: Checkpoint) -> float:
-    calibration = getattr(checkpoint, "calibration", None)
-    return float(calibration.temperature) if calibration is not None else 1.0
 
 
 def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:

@@ -32,6 +32,12 @@ class CellNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits N×C, the backbone's pooled features N×D: the head's input) from one pass. The features are what
+        the out-of-distribution score measures distances in."""
+        features = self.backbone(x)
+        return self.head(features), features.float()
+
 
 class FoldEnsemble(nn.Module):
     """The k fold models of one search trial as one model: its prediction is the mean of the members' softmax.
@@ -47,7 +53,16 @@ class FoldEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([F.log_softmax(m(x).float(), dim=1) for m in self.members])
+        return self._combine([m(x) for m in self.members])
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ensemble's log mean softmax N×C, each member's features k×N×D in its own feature space), one pass
+        per member."""
+        outs = [m.forward_with_features(x) for m in self.members]  # type: ignore[operator]
+        return self._combine([logits for logits, _ in outs]), torch.stack([f for _, f in outs])
+
+    def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        logp = torch.stack([F.log_softmax(z.float(), dim=1) for z in logits])
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
     @property
@@ -57,14 +72,6 @@ class FoldEnsemble(nn.Module):
         first = self.members[0]
         assert isinstance(first, CellNet)
         return first.backbone
-
-
-def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's pooled features (the head's input): N×D for a CellNet, k×N×D for a FoldEnsemble (one slice per
-    member, each member's own feature space). What the out-of-distribution score measures distances in."""
-    if isinstance(model, FoldEnsemble):
-        return torch.stack([m.backbone(x).float() for m in model.members])  # type: ignore[union-attr,operator]
-    return model.backbone(x).float()  # type: ignore[operator]
 
 
 def build_head(

@@ -1,10 +1,12 @@
-"""Class probabilities from a checkpoint: the one inference path that `predict`, `evaluate` and `export` share.
+"""Class probabilities from a checkpoint: the one inference path of predict, evaluate, export and the search.
 
-`predict_images` turns uint8 images (N×S×S×3) into probabilities: resize to the checkpoint's image_size (then its
-input_size if set), normalise with the checkpoint's mean/std, run the model in batches, softmax. With `tta` it
-averages the softmax over the 8 dihedral transforms (flips × 90° rotations): blood-cell smears have no up or left, so
-every one is a valid view. `predict_inputs` does what `cellnet predict` does for files, folders and npz sources:
-decode in a thread pool while the model runs, and turn an unreadable image into a row with an error, not a crash.
+uint8 images N×S×S×3 ─ preprocess (resize to image_size / input_size, the checkpoint's mean/std)
+  ─ infer: fp32, logits and the identity view's features from one forward pass; with TTA the 8 dihedral views
+    (flips × 90° rotations: blood-cell smears have no up or left, so every one is a valid view) ─ Inference
+  ─ predict_batch: the checkpoint's Calibration.apply (temperature, conformal sets, OOD score; the TTA
+    calibration for TTA, refused when there is none) ─ Prediction (probs, sets, ood_score, uncertain())
+files / folders / npz ─ predict_inputs (decoded in a thread pool while the model runs; an unreadable image is a
+  row with an error, not a crash) ─ prediction_table ─ the `cellnet predict` CSV
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cellnet.calibrate import CalibratedOutput, is_ood, uncertain
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
 from cellnet.progress import progress_bar
@@ -70,13 +73,23 @@ def preprocess(
 
 @dataclass
 class Inference:
-    """What one pass of a checkpoint over images gives: probabilities (calibrated when a temperature is given, TTA
-    averaged), the raw outputs of the identity view (`logits`; an ensemble's are log mean-softmax), and the
-    penultimate features when asked for (N×D, or k×N×D for a fold ensemble; TTA-averaged)."""
+    """Raw fp32 outputs of one pass of a checkpoint over N images: `logits` N×C of the identity view (an ensemble's:
+    its log mean softmax); with TTA `views` V×N×C, the outputs of all 8 dihedral views (view 0 = identity); and the
+    identity view's penultimate features when asked (N×D, or k×N×D for a fold ensemble's members)."""
 
-    probs: np.ndarray
     logits: np.ndarray
+    views: np.ndarray | None = None
     features: np.ndarray | None = None
+
+    def all_views(self) -> np.ndarray:
+        """V×N×C with TTA, else the N×C logits: what a calibration is applied to (`Calibration.apply`)."""
+        return self.views if self.views is not None else self.logits
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        """The mean over views of softmax(outputs / temperature), N×C float32."""
+        from cellnet.calibrate import softmax
+
+        return softmax(self.all_views(), temperature).astype(np.float32)
 
 
 def infer(
@@ -85,35 +98,25 @@ def infer(
     *,
     batch_size: int = 256,
     tta: bool = False,
-    temperature: float = 1.0,
     features: bool = False,
     on_batch: Callable[[int], object] | None = None,
 ) -> Inference:
-    """Run `checkpoint` (a `cellnet.checkpoint.Checkpoint`: model, image_size, input_size, mean, std, classes) over
-    uint8 images N×S×S×3 on the device its model is on.
-
-    probs = mean over views of softmax(outputs / temperature): with `tta` the 8 dihedral views, else one. The
-    temperature divides each view's outputs before its softmax (so calibration and TTA compose). `on_batch(n)` is
-    called after each batch with its size (progress bars).
-    """
-    from cellnet.model import penultimate_features
-
+    """Run `checkpoint` (model, image_size, input_size, mean, std, classes) over uint8 images N×S×S×3 on the device
+    its model is on, in fp32 (also on CUDA: what a calibration was fitted on must be what it is applied to), logits
+    and features from the same forward pass. With `tta` every image is also seen in the 7 other dihedral views.
+    `on_batch(n)` is called after each batch with its size (progress bars)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"expected uint8 images N×S×S×3, got {images.dtype} {images.shape}")
     if batch_size < 1:
         raise CellnetError(f"batch size must be >= 1, got {batch_size}")
-    if not temperature > 0:
-        raise CellnetError(f"temperature must be > 0, got {temperature}")
     model = checkpoint.model
     model.eval()
     device = _model_device(model)
     n, c = len(images), len(checkpoint.classes)
-    probs = np.empty((n, c), dtype=np.float32)
-    logits = np.empty((n, c), dtype=np.float32)
-    feats: np.ndarray | None = None
     views = DIHEDRAL if tta else DIHEDRAL[:1]
-    cuda = device.type == "cuda"  # as in validation: bf16 autocast and channels_last on GPU, fp32 on CPU
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    logits = np.empty((len(views), n, c), dtype=np.float32)
+    feats: np.ndarray | None = None
+    with torch.inference_mode():
         for start in range(0, n, batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
             x = preprocess(
@@ -123,30 +126,62 @@ def infer(
                 mean=checkpoint.mean,
                 std=checkpoint.std,
             )
-            if cuda:
+            if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            p_sum: torch.Tensor | None = None
-            f_sum: torch.Tensor | None = None
+            rows = slice(start, start + len(chunk))
             for i, (k, flip) in enumerate(views):
                 view = _dihedral(x, k, flip)
-                out = model(view).float()
-                if i == 0:
-                    logits[start : start + len(chunk)] = out.cpu().numpy()
-                p = torch.softmax(out / temperature, dim=-1)
-                p_sum = p if p_sum is None else p_sum + p
-                if features:
-                    f = penultimate_features(model, view)
-                    f_sum = f if f_sum is None else f_sum + f
-            assert p_sum is not None
-            probs[start : start + len(chunk)] = (p_sum / len(views)).cpu().numpy()
-            if f_sum is not None:
-                f_mean = (f_sum / len(views)).cpu().numpy()
-                if feats is None:
-                    feats = np.empty((*f_mean.shape[:-2], n, f_mean.shape[-1]), dtype=np.float32)
-                feats[..., start : start + len(chunk), :] = f_mean
+                if features and i == 0:
+                    out, f = model.forward_with_features(view)
+                    f_np = f.float().cpu().numpy()
+                    if feats is None:
+                        feats = np.empty((*f_np.shape[:-2], n, f_np.shape[-1]), dtype=np.float32)
+                    feats[..., rows, :] = f_np
+                else:
+                    out = model(view)
+                logits[i, rows] = out.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(chunk))
-    return Inference(probs, logits, feats)
+    return Inference(logits[0], logits if tta else None, feats)
+
+
+@dataclass
+class Prediction:
+    """A checkpoint's answer for N images: probabilities (calibrated when the checkpoint has a calibration), the raw
+    `inference`, and what the calibration adds (sets at a coverage, OOD score) -- None for an uncalibrated one."""
+
+    probs: np.ndarray
+    inference: Inference
+    calibrated: CalibratedOutput | None = None
+
+    def uncertain(self, min_confidence: float | None = None) -> np.ndarray:
+        """The one "uncertain" rule (`cellnet.calibrate.uncertain`) with what this checkpoint can tell."""
+        if self.calibrated is not None:
+            return self.calibrated.uncertain(min_confidence)
+        return uncertain(self.probs, min_confidence=min_confidence)
+
+
+def predict_batch(
+    checkpoint: Checkpoint,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    coverage: float | None = None,
+    on_batch: Callable[[int], object] | None = None,
+) -> Prediction:
+    """`infer`, then the checkpoint's calibration (`Calibration.apply`: the temperature, sets and OOD score fitted
+    for this way of predicting; TTA on a checkpoint calibrated on single views only is a CalibrationError, raised
+    before any work). Features are computed only when the calibration has OOD statistics."""
+    calibration = checkpoint.calibration
+    if calibration is not None:
+        calibration.view(len(DIHEDRAL) if tta else 1)
+    with_features = calibration is not None and calibration.ood is not None
+    out = infer(checkpoint, images, batch_size=batch_size, tta=tta, features=with_features, on_batch=on_batch)
+    if calibration is None:
+        return Prediction(out.probs(), out)
+    calibrated = calibration.apply(out.all_views(), out.features, coverage)
+    return Prediction(calibrated.probs, out, calibrated)
 
 
 def predict_images(
@@ -160,13 +195,9 @@ def predict_images(
 ) -> np.ndarray:
     """Softmax probabilities (N×C float32) for uint8 images N×S×S×3 — temperature-scaled when the checkpoint holds
     a calibration and `calibrated` (the default), else the model's own softmax."""
-    temperature = _temperature(checkpoint) if calibrated else 1.0
-    return infer(checkpoint, images, batch_size=batch_size, tta=tta, temperature=temperature, on_batch=on_batch).probs
-
-
-def _temperature(checkpoint: Checkpoint) -> float:
-    calibration = getattr(checkpoint, "calibration", None)
-    return float(calibration.temperature) if calibration is not None else 1.0
+    if calibrated:
+        return predict_batch(checkpoint, images, batch_size=batch_size, tta=tta, on_batch=on_batch).probs
+    return infer(checkpoint, images, batch_size=batch_size, tta=tta, on_batch=on_batch).probs()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,52 +276,6 @@ def _decoded_chunks(
         pending = following
 
 
-@dataclass
-class Trusted:
-    """What a calibrated checkpoint adds to its probabilities: the conformal set (N×C bool) at a coverage, and the
-    normalised OOD score (> 1: not like the training cells). None where the checkpoint has no calibration / no OOD
-    statistics."""
-
-    sets: np.ndarray | None = None
-    ood_score: np.ndarray | None = None
-
-
-def trusted(checkpoint: Checkpoint, probs: np.ndarray, features: np.ndarray | None, coverage: float | None) -> Trusted:
-    """Sets and OOD scores of already-calibrated `probs` and `features` (from `infer`), or empty without calibration."""
-    from cellnet.calibrate import check_coverage, prediction_sets
-
-    calibration = getattr(checkpoint, "calibration", None)
-    if calibration is None:
-        return Trusted()
-    coverage = calibration.coverage if coverage is None else check_coverage(coverage)
-    sets = prediction_sets(probs, calibration.conformal, coverage)
-    score = calibration.ood.score(features) if calibration.ood is not None and features is not None else None
-    return Trusted(sets, score)
-
-
-def infer_trusted(
-    checkpoint: Checkpoint,
-    images: np.ndarray,
-    *,
-    batch_size: int = 256,
-    tta: bool = False,
-    coverage: float | None = None,
-    on_batch: Callable[[int], object] | None = None,
-) -> tuple[Inference, Trusted]:
-    """`infer` with the checkpoint's temperature (features only when it has OOD statistics), then `trusted`."""
-    calibration = getattr(checkpoint, "calibration", None)
-    out = infer(
-        checkpoint,
-        images,
-        batch_size=batch_size,
-        tta=tta,
-        temperature=_temperature(checkpoint),
-        features=calibration is not None and calibration.ood is not None,
-        on_batch=on_batch,
-    )
-    return out, trusted(checkpoint, out.probs, out.features, coverage)
-
-
 def predict_inputs(
     checkpoint: Checkpoint,
     inputs: Sequence[str],
@@ -314,7 +299,9 @@ def predict_inputs(
         raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     if coverage is not None:
         check_coverage(coverage)
-    calibration = getattr(checkpoint, "calibration", None)
+    calibration = checkpoint.calibration
+    if calibration is not None:
+        calibration.view(len(DIHEDRAL) if tta else 1)  # refuse a way of predicting it was not fitted on, up front
     classes = list(checkpoint.classes)
     sources = expand_inputs(inputs, checkpoint.image_size)
     ids = [i for s in sources for i in s.ids]
@@ -326,14 +313,12 @@ def predict_inputs(
     chunk = max(batch_size, 64)
 
     def run(rows: list[int] | slice, images: np.ndarray, on_batch: Callable[[int], object] | None = None) -> None:
-        out, extra = infer_trusted(
-            checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, on_batch=on_batch
-        )
+        out = predict_batch(checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, on_batch=on_batch)
         probs[rows] = out.probs
-        if sets is not None and extra.sets is not None:
-            sets[rows] = extra.sets
-        if ood is not None and extra.ood_score is not None:
-            ood[rows] = extra.ood_score
+        if sets is not None and out.calibrated is not None:
+            sets[rows] = out.calibrated.sets
+        if ood is not None and out.calibrated is not None and out.calibrated.ood_score is not None:
+            ood[rows] = out.calibrated.ood_score
 
     with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar, ThreadPoolExecutor(workers) as pool:
         offset = 0
@@ -372,15 +357,15 @@ def prediction_table(
     """Rows of the predictions CSV. Rows with an error keep empty (NaN/None) prediction cells.
 
     `set` (class names joined by '|') and `set_size` come from `sets`, `ood_score` / `ood` (score > 1) from
-    `ood_score`; both empty for an uncalibrated checkpoint. `uncertain` = the set is not exactly one class, or the
-    image is out of distribution, or confidence < `min_confidence` -- whichever of these is available.
+    `ood_score`; both empty for an uncalibrated checkpoint. `uncertain` is `cellnet.calibrate.uncertain`: the set is
+    not exactly one class, or the image is out of distribution, or confidence < `min_confidence` -- whichever of
+    these is available.
     """
     failed = np.array([bool(e) for e in errors], dtype=bool)
     safe = np.where(failed[:, None], 0.0, probs)
     top = safe.argmax(axis=1) if len(ids) else np.zeros(0, dtype=int)
     confidence = np.where(failed, np.nan, safe.max(axis=1) if len(ids) else np.zeros(0))
-    threshold = -1.0 if min_confidence is None else min_confidence
-    unsure = confidence < threshold
+    unsure = uncertain(safe, sets, ood_score, min_confidence) if len(ids) else np.zeros(0, dtype=bool)
     set_text: list[str | None] = [None] * len(ids)
     set_size = np.full(len(ids), np.nan)
     if sets is not None:
@@ -388,12 +373,9 @@ def prediction_table(
         set_text = [
             None if f else "|".join(c for c, inside in zip(classes, row) if inside) for f, row in zip(failed, sets)
         ]
-        unsure |= ~failed & (sets.sum(axis=1) != 1)
     flagged = np.full(len(ids), np.nan)
     if ood_score is not None:
-        out = ~(ood_score <= 1.0)
-        flagged = np.where(failed, np.nan, out.astype(float))
-        unsure |= ~failed & out
+        flagged = np.where(failed, np.nan, is_ood(ood_score).astype(float))
     table = pd.DataFrame(
         {
             "id": list(ids),

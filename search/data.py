@@ -11,17 +11,27 @@
                                  and put in the object store: the fold workers score it every epoch
                                  (cv_shifted_accuracy, cv_worst_shift_accuracy, cv_robust_accuracy)
 
-`python -m search.retrain` rebuilds the search data with `load_search_data` (same config, same result).
+`python -m search.retrain` rebuilds the search data with `load_data` (same config, same result). What the search
+ran on is fingerprinted when it starts (`record_fingerprint`: <run_dir>/data.json, the content hash of the cleaned
+pixels and labels); `--resume` and `search.retrain` refuse data whose fingerprint differs (`check_fingerprint`): new
+files under the same --data folder would re-split the folds under restored trials.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cellnet.config import ExperimentConfig
 from cellnet.data.dataset import CellData
+from cellnet.errors import ConfigError
+from cellnet.files import write_json
+from cellnet.provenance import data_hash
+from search.paths import DATA_FILE, SUMMARY
 
 
 @dataclass
@@ -91,20 +101,16 @@ def _cleaned(cfg: ExperimentConfig, raw: CellData) -> CellData:
     return clean(raw, drop_duplicates=False, drop_conflicts=False, drop_outliers=False)[0]
 
 
-def load_search_data(cfg: ExperimentConfig) -> CellData:
-    """The data a search trained on: `data.source` at `data.image_size`, cleaned when `data.clean`, with groups."""
-    from cellnet.data import load
-
-    return _cleaned(cfg, load(cfg.data.source, cfg.data.image_size))
-
-
-def load_data(cfg: ExperimentConfig) -> SearchData:
-    """Search data, its grouped stratified folds, and the --test data with images leaking from the search dropped."""
+def load_data(cfg: ExperimentConfig, *, for_search: bool = True) -> SearchData:
+    """Search data, its grouped stratified folds, and the --test data with images leaking from the search dropped.
+    `for_search=False` (a retrain): no test set and no shifted validation subsets."""
     from cellnet.data import find_duplicates_between, folds, load
 
     raw = load(cfg.data.source, cfg.data.image_size)
     data = _cleaned(cfg, raw)
     splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
+    if not for_search:
+        return SearchData(data, splits)
     shifted = None
     if cfg.search.shift_images > 0:
         from cellnet.shifts import DEFAULT_SUITE, resolve_names
@@ -123,3 +129,55 @@ def load_data(cfg: ExperimentConfig) -> SearchData:
         )
         test = test.subset(np.setdiff1d(np.arange(len(test)), leaks))
     return SearchData(data, splits, test, dropped, shifted)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fingerprint of what a search ran on
+
+
+def fingerprint(data: CellData, source: str) -> dict[str, Any]:
+    """What identifies the search data: the content hash of its cleaned pixels and labels (order included), the
+    number of images and the classes, and the SOURCE it was read from (for the message, not the comparison)."""
+    return {
+        "data_hash": data_hash(data.images, data.labels),
+        "num_images": len(data),
+        "classes": list(data.classes),
+        "source": source,
+    }
+
+
+def record_fingerprint(run_dir: Path, data: CellData, source: str) -> dict[str, Any]:
+    """Write <run_dir>/data.json when a search starts; returns it."""
+    info = fingerprint(data, source)
+    write_json(Path(run_dir) / DATA_FILE, info)
+    return info
+
+
+def stored_fingerprint(run_dir: Path) -> dict[str, Any] | None:
+    """The fingerprint a search recorded: data.json, else (runs from before it existed) summary.json's provenance;
+    None when neither is there."""
+    run_dir = Path(run_dir)
+    if (run_dir / DATA_FILE).is_file():
+        return dict(json.loads((run_dir / DATA_FILE).read_text()))
+    if (run_dir / SUMMARY).is_file():
+        prov = json.loads((run_dir / SUMMARY).read_text()).get("provenance") or {}
+        if prov.get("data_hash"):
+            return {"data_hash": prov["data_hash"], "num_images": prov.get("num_images"), "source": "summary.json"}
+    return None
+
+
+def check_fingerprint(run_dir: Path, data: CellData, source: str, *, who: str) -> None:
+    """Refuse (ConfigError naming both) data other than what the search in `run_dir` ran on; `who` names the command
+    in the message. Nothing to compare with (a run directory made by hand) passes."""
+    stored = stored_fingerprint(run_dir)
+    if stored is None:
+        return
+    now = fingerprint(data, source)
+    if now["data_hash"] != stored["data_hash"]:
+        raise ConfigError(
+            f"{who}: the data has changed since the search in {run_dir} started: {source} now gives "
+            f"{now['num_images']} images (content hash {now['data_hash'][:12]}), the search ran on "
+            f"{stored.get('num_images')} images (hash {str(stored['data_hash'])[:12]}, {DATA_FILE}). New or changed "
+            "files would re-split the folds under the trials already run. Restore the data the search started with, "
+            "or start a new search with --storage DIR"
+        )

@@ -53,6 +53,7 @@ class OutOfFold:
     ids: np.ndarray  # N str
     fold: np.ndarray  # N int64: which fold model scored the image (= the fold it was validated in)
     features: np.ndarray | None = None  # N×D penultimate features of the scoring member (for the OOD score)
+    views: np.ndarray | None = None  # V×N×C outputs under the 8 dihedral views (the TTA calibration), view 0 = logits
 
     def accuracy(self) -> float:
         return float((self.logits.argmax(axis=1) == self.labels).mean()) if len(self.labels) else float("nan")
@@ -100,18 +101,21 @@ def out_of_fold(
     folds: list[tuple[np.ndarray, np.ndarray]],
     *,
     features: bool = False,
+    tta: bool = False,
     batch_size: int = 256,
 ) -> OutOfFold:
-    """Member i scores validation fold i; the folds partition the data, so every image is scored exactly once."""
+    """Member i scores validation fold i; the folds partition the data, so every image is scored exactly once (with
+    `tta` under all 8 dihedral views, in the same pass as its features: `cellnet.predict.infer`)."""
     if len(members) != len(folds):
         raise ValueError(f"{len(members)} fold models for {len(folds)} folds")
     n, c = len(data), len(data.classes)
-    logits = np.full((n, c), np.nan, dtype=np.float32)
+    views = np.full((8 if tta else 1, n, c), np.nan, dtype=np.float32)
     fold = np.full(n, -1, dtype=np.int64)
     feats: np.ndarray | None = None
     for i, (model, (_, val)) in enumerate(zip(members, folds, strict=True)):
-        out = infer(as_checkpoint(model, config, data), data.images[val], batch_size=batch_size, features=features)
-        logits[val] = out.logits
+        ckpt = as_checkpoint(model, config, data)
+        out = infer(ckpt, data.images[val], batch_size=batch_size, features=features, tta=tta)
+        views[:, val] = out.all_views()
         fold[val] = i
         if out.features is not None:
             if feats is None:
@@ -119,13 +123,17 @@ def out_of_fold(
             feats[val] = out.features
     if (fold < 0).any():
         raise ValueError(f"the folds leave {(fold < 0).sum()} images unscored; they must partition the data")
-    return OutOfFold(logits, data.labels.astype(np.int64), np.asarray(data.ids).astype(str), fold, feats)
+    labels, ids = data.labels.astype(np.int64), np.asarray(data.ids).astype(str)
+    return OutOfFold(views[0], labels, ids, fold, feats, views if tta else None)
 
 
 def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str, epoch: int) -> Path:
-    """oof.npz (atomic; plain arrays, loadable with allow_pickle=False): logits, labels, ids, fold, classes, meta."""
+    """oof.npz (atomic; plain arrays, loadable with allow_pickle=False): logits, TTA view logits (`views`, when
+    scored), labels, ids, fold, classes, meta. The features are not kept: the fold models are (`prune_fold_files`),
+    and `search.retrain` scores them again to calibrate a refit."""
     arrays: dict[str, Any] = {
         "logits": oof.logits,
+        **({"views": oof.views} if oof.views is not None else {}),
         "labels": oof.labels,
         "ids": oof.ids.astype(str),
         "fold": oof.fold,

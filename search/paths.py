@@ -8,4 +8,5 @@ TUNE_DIR = "tune"  # Ray Tune's experiment (resumable)
 TRIALS_CSV = "trials.csv"
 SUMMARY = "summary.json"
 OOF_FILE = "oof.npz"  # the winner's out-of-fold predictions
+DATA_FILE = "data.json"  # the search data's fingerprint, written when the search starts (--resume, retrain check it)
 TRAIN_DIR = "train"  # Ray Train's runs, one per trial: checkpoints and the trial's fold models

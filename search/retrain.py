@@ -45,7 +45,6 @@ from cellnet.config import ExperimentConfig, TrainConfig, load_config
 from cellnet.data.dataset import CellData
 from cellnet.errors import CellnetError, ConfigError
 from search import require_search_extra
-from search.data import load_search_data
 from search.paths import SEARCH_CONFIG, TRIALS_CSV
 
 
@@ -324,11 +323,15 @@ _DDP: Any = _ddp_class()
 def retrain_run(
     run_dir: str | Path, trial_id: str, *, epochs: int | None = None, out_dir: str | Path | None = None
 ) -> Path:
-    """`python -m search.retrain`: a trial of a finished search, retrained on all of the run's (cleaned) data."""
+    """`python -m search.retrain`: a trial of a finished search, retrained on all of the run's (cleaned) data --
+    checked to be the data the search ran on -- and calibrated like the search's own refit when the trial's fold
+    models are kept (the winner's are), else said in one line why not."""
     import ray
 
+    from search.data import check_fingerprint, load_data
     from search.provenance import provenance
-    from search.results import checkpoint_metrics, params_of, read_trials, retrain_epochs
+    from search.results import Winner, checkpoint_metrics, params_of, read_trials, retrain_epochs
+    from search.winner import calibrate_retrained
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -353,7 +356,9 @@ def retrain_run(
                 f"trial {trial_id} ({row['status']}) has no scored epoch to take the epoch count from; pass --epochs N"
             )
     params = params_of(row)
-    data = load_search_data(cfg)
+    loaded = load_data(cfg, for_search=False)
+    data = loaded.data
+    check_fingerprint(run_dir, data, cfg.data.source, who="search.retrain")
     prov = provenance(
         data,
         seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config(params).seed},
@@ -368,7 +373,7 @@ def retrain_run(
     if started:
         ray.init()
     try:
-        return retrain(
+        path = retrain(
             cfg,
             params,
             data,
@@ -381,6 +386,12 @@ def retrain_run(
     finally:
         if started:
             ray.shutdown()
+    if _finite(row.get("best_epoch")):
+        win = Winner(trial_id, params, int(row["best_epoch"]), epochs, schedule or epochs, checkpoint_metrics(row))
+        print(calibrate_retrained(path, cfg, run_dir, win, loaded))
+    else:
+        print(f"not calibrated: trial {trial_id} has no scored epoch, so no fold models to calibrate it with")
+    return path
 
 
 def _finite(value: Any) -> bool:

@@ -92,7 +92,7 @@ RESUME_SAFE = {
     ("search", "checkpoint_every"),
     *(("resources", k) for k in ("cpus_per_fold", "gpus_per_fold", "max_concurrent")),
     *(("retrain", k) for k in ("mode", "epochs")),
-    *(("calibration", k) for k in ("coverage", "ood_false_alarm")),
+    *(("calibration", k) for k in ("coverage", "ood_false_alarm", "tta")),
 }
 FLAG_OF = {
     ("data", "source"): "--data",
@@ -209,11 +209,15 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         resources.plan(cfg, resources.local_cluster())  # impossible requests fail before Ray starts
     check_writable(run_dir)
     started = time.time()
-    from search.data import load_data
+    from search.data import check_fingerprint, load_data, record_fingerprint
     from search.trainable import share_ray_address
     from search.winner import finish
 
     loaded = load_data(cfg)
+    if args.resume:  # the trials restored must continue on exactly the data and folds they started with
+        check_fingerprint(run_dir, loaded.data, cfg.data.source, who="--resume")
+    else:
+        record_fingerprint(run_dir, loaded.data, cfg.data.source)
 
     owns_ray = connect(args.address, args.debug)
     previous_env = share_ray_address()
@@ -238,7 +242,10 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         if left:
             print(f"\nsearch interrupted with {left} trial(s) unfinished; continue with --resume", file=sys.stderr)
             return 130
-        finish(cfg, run_dir, grid, loaded, refs["data"], started, retrain_winner=not args.no_retrain)
+        resume = f"python -m search.run {args.config} --storage {run_dir} --resume"
+        finish(
+            cfg, run_dir, grid, loaded, refs["data"], started, retrain_winner=not args.no_retrain, resume_command=resume
+        )
     finally:
         if owns_ray:
             disconnect(previous_env)

@@ -15,10 +15,10 @@ reports, across restarts.
 
 Fold models (the winner's fold ensemble and out-of-fold predictions: search/oof.py, search/winner.py): the folds
 run in lock step, so "the trial's best epoch" is one epoch for all folds: the first epoch with the best fold-mean
-search metric, the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its fold's weights to
-`<run_dir>/train/<trial_id>/folds/fold_<i>_epoch<e>.safetensors`; after a barrier (all folds written) the epoch is
-reported, and only then the fold's previous best file is deleted. So whichever moment a trial is stopped (ASHA, time
-budget, lost node), the files of the best epoch Tune has seen exist for every fold.
+search metric, the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its
+fold's weights to `<run_dir>/train/<trial_id>/folds/fold_<i>_epoch<e>.safetensors`; after a barrier (all folds
+written) the epoch is reported, and only then the fold's previous best file is deleted. So whichever moment a trial
+is stopped (ASHA, time budget, lost node), the files of the best epoch Tune has seen exist for every fold.
 
 Robustness: every epoch each fold also scores its shifted validation subset (search/data.py `shifted_validation`:
 up to `search.shift_images` validation images, each under one shift of the suite, made once per search), so every

@@ -28,7 +28,7 @@ from cellnet.calibrate import Calibration, OODDetector
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
-from cellnet.errors import CheckpointError
+from cellnet.errors import CellnetError, CheckpointError
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
 from cellnet.predict import infer
 from search.data import SearchData
@@ -48,6 +48,10 @@ from search.results import Winner, records_from_result_grid, update_summary, wri
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
 
+class DeploymentError(CellnetError):
+    """The winner could not be deployed; the search's own results are intact and --resume finishes the deployment."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The story
 
@@ -61,9 +65,11 @@ def finish(
     started: float,
     *,
     retrain_winner: bool = True,
+    resume_command: str = "python -m search.run CONFIG --resume",
 ) -> None:
     """Outputs of a finished search (`grid`: Tune's ResultGrid): tables, plots, leaderboard; then `deploy`.
-    `data_ref`: the search data in Ray's object store (what the refit trains on)."""
+    `data_ref`: the search data in Ray's object store (what the refit trains on). Any failure of the deployment is
+    one DeploymentError that says how to finish it (`resume_command`); the search's results stay as they are."""
     from search.provenance import provenance
 
     prov = provenance(
@@ -74,20 +80,39 @@ def finish(
         run_dir=str(run_dir),
         command="python -m search.run " + " ".join(sys.argv[1:]),
     )
-    out = write_outputs(
-        cfg,
-        records_from_result_grid(grid),
-        run_dir,
-        num_classes=len(loaded.data.classes),
-        wall_time_s=time.time() - started,
-        provenance=prov,
-        test=loaded.test_summary(cfg.data.test),
-    )
+    try:
+        out = write_outputs(
+            cfg,
+            records_from_result_grid(grid),
+            run_dir,
+            num_classes=len(loaded.data.classes),
+            wall_time_s=time.time() - started,
+            provenance=prov,
+            test=loaded.test_summary(cfg.data.test),
+        )
+    except Exception as e:  # the trials themselves are safe in Tune's experiment; --resume writes these again
+        raise DeploymentError(
+            f"writing trials.csv / summary.json failed ({type(e).__name__}: {e}); the trials are kept in "
+            f"{run_dir / 'tune'}: {resume_command} writes them again"
+        ) from e
     print()
     print(out.leaderboard)
-    if out.winner is not None:
-        prov = {**prov, "trial_id": out.winner.trial_id}
-        deploy(cfg, run_dir, out.winner, loaded, data_ref, started, prov, retrain_winner)
+    if out.winner is None:
+        return
+    win = out.winner
+    try:
+        deployment = deploy(
+            cfg, run_dir, win, loaded, data_ref, started, {**prov, "trial_id": win.trial_id}, retrain_winner
+        )
+    except Exception as e:
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        update_summary(run_dir, deployment={"status": "failed", "error": reason})
+        raise DeploymentError(
+            f"deploying the winner {win.trial_id} failed ({reason}). The search's results are kept: trials.csv, "
+            f"summary.json and the winner's fold models ({trial_folds_dir(run_dir, win.trial_id)}); once the cause is "
+            f"fixed, finish the deployment with: {resume_command}"
+        ) from e
+    update_summary(run_dir, deployment=deployment)
 
 
 def deploy(
@@ -99,22 +124,23 @@ def deploy(
     started: float,
     provenance: dict[str, Any],
     retrain_winner: bool,
-) -> None:
-    """What `retrain.mode` deploys from the winner, calibrated; tested on --test; summary.json's sections."""
+) -> dict[str, Any]:
+    """What `retrain.mode` deploys from the winner, calibrated; tested on --test; summary.json's sections. Returns
+    summary.json's `deployment` section. The winner's out-of-fold predictions (oof.npz) and fold models are kept in
+    every mode, --no-retrain included: what `search.retrain` calibrates a later refit with."""
     sections: dict[str, Any] = {}
     deployed: dict[str, Path] = {}
     mode = cfg.retrain.mode
     refit = mode in ("refit", "both") and retrain_winner
-    # a refit-only deployment with --no-retrain deploys nothing, so it needs no out-of-fold calibration either
-    winner = fold_outputs(cfg, run_dir, win, loaded, required=mode != "refit") if mode != "refit" or refit else None
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=mode != "refit")
     if winner is not None and mode in ("folds", "both"):
         dest = run_dir / ("best" if mode == "folds" else "best_folds")
         deployed["folds"], sections["folds"] = save_fold_ensemble(run_dir, win, loaded, winner, dest, provenance)
         sections["folds"]["wall_s"] = time.time() - started  # the whole run up to a deployable ensemble
     if mode in ("refit", "both") and not refit:
         print(
-            "\nwinner not retrained (--no-retrain); to do it: "
-            f"python -m search.retrain {run_dir} --trial {win.trial_id} --out {run_dir / 'best'}"
+            f"\nwinner not retrained (--no-retrain). To deploy it into {run_dir / 'best'}: the same search command "
+            f"with --resume; or a calibrated copy elsewhere: python -m search.retrain {run_dir} --trial {win.trial_id}"
         )
     elif refit:
         deployed["refit"], sections["retrain"] = refit_winner(cfg, win, loaded, data_ref, winner, run_dir, provenance)
@@ -124,6 +150,11 @@ def deploy(
         tested = test_deployed(cfg, run_dir, deployed, loaded.test)
         sections["test"] = {**(loaded.test_summary(cfg.data.test) or {}), **tested}
     update_summary(run_dir, **sections)
+    return {
+        "status": "done" if deployed else "not deployed (--no-retrain)",
+        "deployed": {name: str(path) for name, path in deployed.items()},
+        "calibrated": winner is not None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,7 +187,7 @@ def fold_outputs(
             raise
         print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
         return None
-    oof = out_of_fold(members, config, data, loaded.folds, features=True)
+    oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta)
     save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
     calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
     print(
@@ -170,7 +201,7 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
     """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
     from cellnet.calibrate import fit_calibration, fit_ood_held_out, ood_threshold
 
-    cal = fit_calibration(oof.logits, oof.labels, num_classes, coverage=cfg.calibration.coverage)
+    cal = fit_calibration(oof.logits, oof.labels, num_classes, view_logits=oof.views, coverage=cfg.calibration.coverage)
     if oof.features is None:
         return cal
     stats, thresholds = [], []
@@ -282,7 +313,7 @@ def refit_winner(
         storage_path=run_dir / "retrain",
     )
     if winner is not None:
-        calibrate_refit(path, cfg, loaded, winner)
+        calibrate_refit(path, cfg, loaded, winner, win)
     print(f"winner saved to {path}")
     return path, {
         "checkpoint": str(path),
@@ -292,14 +323,38 @@ def refit_winner(
     }
 
 
-def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winner: WinnerFolds) -> None:
+def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winner: WinnerFolds, win: Winner) -> None:
     """Re-save the refit checkpoint with the calibration: the OOF temperature and conformal scores, and OOD
-    statistics of its own (`fit_refit_ood`)."""
+    statistics of its own (`fit_refit_ood`). A refit whose schedule differs from the one its fold models were
+    trained on (a winner the time budget cut, or `retrain.epochs: N`) says so in the calibration's notes."""
     ckpt = load_checkpoint(path)
     ood = fit_refit_ood(
         ckpt.model, winner.members, ckpt.config, loaded.data, loaded.folds, winner.oof, cfg.calibration.ood_false_alarm
     )
-    ckpt.save(path, calibration=dataclasses.replace(winner.calibration, ood=ood))
+    notes = winner.calibration.notes
+    if win.retrain_schedule_epochs != cfg.search.max_epochs:
+        notes += (
+            f"calibrated on fold models stopped at epoch {win.best_epoch} of a {cfg.search.max_epochs}-epoch "
+            f"schedule, while this refit ran a {win.retrain_schedule_epochs}-epoch schedule to its end: its "
+            "temperature and sets come from differently trained models (docs/benchmarks.md measures the effect)",
+        )
+    ckpt.save(path, calibration=dataclasses.replace(winner.calibration, ood=ood, notes=notes))
+
+
+def calibrate_retrained(path: Path, cfg: ExperimentConfig, run_dir: Path, win: Winner, loaded: SearchData) -> str:
+    """Calibrate a checkpoint `search.retrain` wrote for trial `win` as the search calibrates its refit, when the
+    trial's fold models are kept (a search keeps its winner's); returns one line saying what was done or why not."""
+    folds_dir = trial_folds_dir(run_dir, win.trial_id)
+    if not any(folds_dir.glob("*.safetensors")):
+        return (
+            f"not calibrated: the fold models of trial {win.trial_id} were not kept (a search keeps only its winner's, "
+            f"in {run_dir / 'train' / '<winner>' / 'folds'}), so there are no out-of-fold predictions to fit one on"
+        )
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=False)
+    if winner is None:
+        return f"not calibrated: the fold models in {folds_dir} could not be used (see the warning above)"
+    calibrate_refit(path, cfg, loaded, winner, win)
+    return f"calibrated on the out-of-fold predictions of trial {win.trial_id}'s {len(winner.members)} fold models"
 
 
 def test_line(metrics: dict[str, Any]) -> str:

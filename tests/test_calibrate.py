@@ -152,8 +152,8 @@ def test_a_class_with_too_few_calibration_images_is_always_in_the_set_and_report
     assert cal.to_meta()["always_in_set"] == [0]
     assert any("[0]" in note and "every prediction set" in note for note in cal.notes)
     out = cal.apply(rng.normal(size=(200, C)))
-    assert out["sets"][:, 0].all() and out["always_in_set"] == [0]
-    assert cal.apply(z, coverage=0.8)["always_in_set"] == []  # 1/6 < 0.2: excludable at 80%
+    assert out.sets[:, 0].all() and out.always_in_set == [0]
+    assert cal.apply(z, coverage=0.8).always_in_set == []  # 1/6 < 0.2: excludable at 80%
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,13 +198,13 @@ def test_ood_false_alarms_match_the_stated_rate_and_far_points_are_flagged() -> 
     out = cal.apply(rng.normal(size=(len(fresh), 4)), fresh)
     n_threshold = 800  # 20% held out
     tolerance = 3 * np.sqrt(0.05 * 0.95 / n_threshold) + 3 * np.sqrt(0.05 * 0.95 / len(fresh))
-    assert abs(out["ood"].mean() - 0.05) <= tolerance, out["ood"].mean()
+    assert abs(out.ood.mean() - 0.05) <= tolerance, out.ood.mean()
 
     far = fresh[:200] + 20.0 * features.std(axis=0)
     strange = np.vstack([np.full((1, 256), 3.0), np.zeros((1, 256)), np.full((1, 256), np.nan)])
     odd = cal.apply(np.zeros((203, 4)), np.vstack([far, strange]).astype(np.float32))
-    assert odd["ood"].all()
-    assert ood_auroc(out["ood_score"], odd["ood_score"][:200]) == 1.0
+    assert odd.ood.all()
+    assert ood_auroc(out.ood_score, odd.ood_score[:200]) == 1.0
 
 
 def test_ood_threshold_is_the_conformal_rank() -> None:
@@ -244,13 +244,13 @@ def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
     assert meta["conformal"]["library"].startswith("crepes ")
     a, b = cal.apply(logits, features), back.apply(logits, features)
     for key in ("probs", "sets", "set_size", "ood_score", "ood"):
-        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
 
     plain = fit_calibration(logits, np.argmax(logits, axis=1), 4)
     meta, tensors = stored(plain)
     assert meta["ood"] is None and set(tensors) == {"conformal_scores", "conformal_labels"}
     back = Calibration.from_parts(meta, tensors)
-    assert back.ood is None and back.apply(logits)["ood"] is None
+    assert back.ood is None and back.apply(logits).ood is None
 
 
 @pytest.mark.parametrize(

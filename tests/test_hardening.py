@@ -65,6 +65,23 @@ def test_resume_refuses_an_edited_space(started: tuple[Path, Path], capsys: pyte
     assert "space.lr" in capsys.readouterr().err
 
 
+def test_resume_refuses_changed_data_naming_both(
+    started: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same --data, other content (new files in the folder): the fingerprint recorded at the start does not match."""
+    import json
+
+    space, run = started
+    stored = {"data_hash": "0" * 64, "num_images": 123, "classes": [], "source": "synthetic:300"}
+    (run / "data.json").write_text(json.dumps(stored))
+    before = _digest(run)
+    assert main([str(space), "--storage", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: the data has changed") and "Traceback" not in err
+    assert "the search ran on 123 images (hash 000000000000" in err and "synthetic:300 now gives" in err
+    assert _digest(run) == before
+
+
 def test_resume_safe_flags_keep_working(started: tuple[Path, Path]) -> None:
     space, run = started
     args = build_parser().parse_args(

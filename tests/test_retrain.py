@@ -176,6 +176,15 @@ def test_cli_errors(cfg, tmp_path, capsys):
     assert "trials.csv is missing" in capsys.readouterr().err
 
 
+def test_cli_refuses_other_data_than_the_search_ran_on(cfg, tmp_path, capsys):
+    run = fabricated_run(tmp_path, cfg)
+    (run / "data.json").write_text(json.dumps({"data_hash": "f" * 64, "num_images": 7, "source": "synthetic:160"}))
+    assert rt.main([str(run), "--trial", "aaa_00000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search.retrain: the data has changed") and "7 images (hash ffffffffffff" in err
+    assert not (run / "retrained").exists()
+
+
 def test_cli_module_entry_point(cfg, tmp_path):
     run = fabricated_run(tmp_path, cfg)
     proc = subprocess.run(

@@ -108,11 +108,11 @@ def test_fold_ensemble_and_out_of_fold_predictions(run: Path) -> None:
     from cellnet.config import load_config
     from cellnet.data import folds
     from cellnet.model import FoldEnsemble
-    from search.data import load_search_data
+    from search.data import load_data
 
     summary = json.loads((run / "summary.json").read_text())
     cfg = load_config(run / "search_config.yaml")
-    data = load_search_data(cfg)
+    data = load_data(cfg, for_search=False).data
     splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed)
     oof = np.load(run / "oof.npz", allow_pickle=False)
     assert list(oof["ids"]) == [str(i) for i in data.ids]  # every image, once, in data order
@@ -210,3 +210,114 @@ def test_winner_checkpoint_predicts(run: Path, tmp_path: Path) -> None:
     )
     pred = pd.read_csv(out)
     assert len(pred) == 12 and pred["error"].isna().all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the deployment promises: calibrations there and used, every path
+
+
+def test_deployed_checkpoints_carry_their_calibration_and_use_it(run: Path) -> None:
+    """best/ (refit) and best_folds/ (ensemble) each hold the temperature and conformal scores fitted on oof.npz --
+    single views and TTA -- and OOD statistics of their own; predict applies exactly those."""
+    from cellnet.calibrate import fit_temperature, softmax
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.data import generate
+    from cellnet.predict import infer, predict_batch
+
+    oof = np.load(run / "oof.npz", allow_pickle=False)
+    assert oof["views"].shape == (8, *oof["logits"].shape)
+    np.testing.assert_allclose(oof["views"][0], oof["logits"])
+    images = generate(40, 32, seed=21).images
+    for name, threshold_from, members in (("best", "transferred", 1), ("best_folds", "held-out", 2)):
+        ckpt = load_checkpoint(run / name)
+        cal = ckpt.calibration
+        assert cal is not None and cal.ood is not None and cal.tta is not None, name
+        assert cal.num_calibration == len(oof["labels"]) and cal.coverage == 0.95
+        assert cal.temperature == pytest.approx(fit_temperature(oof["logits"], oof["labels"]), rel=1e-4)
+        assert cal.tta.temperature == pytest.approx(fit_temperature(oof["views"], oof["labels"]), rel=1e-4)
+        assert cal.ood.threshold_from == threshold_from and len(cal.ood.members) == members
+        out = predict_batch(ckpt, images)
+        raw = infer(ckpt, images, features=True)
+        np.testing.assert_allclose(out.probs, softmax(raw.logits, cal.temperature), atol=1e-6)
+        assert out.calibrated is not None and out.calibrated.ood_score is not None
+        np.testing.assert_allclose(out.calibrated.ood_score, cal.ood.score(raw.features), rtol=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["deployment"]["status"] == "done" and summary["deployment"]["calibrated"]
+
+
+def test_onnx_export_gives_the_calibrated_probabilities(run: Path, tmp_path: Path) -> None:
+    """The temperature folded into the ONNX graph is the one predict applies: same probabilities."""
+    import onnxruntime as ort
+
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.data import generate
+    from cellnet.export import export_onnx
+    from cellnet.predict import predict_images
+
+    ckpt = load_checkpoint(run / "best")
+    path, _ = export_onnx(ckpt, tmp_path / "best.onnx")
+    images = generate(16, 32, seed=22).images
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(["probabilities"], {"images": images.astype(np.float32)})[0]
+    np.testing.assert_allclose(onnx_probs, predict_images(ckpt, images), atol=1e-4)
+    assert ckpt.temperature != 1.0  # a real temperature, not the identity
+
+
+def test_a_failed_deployment_keeps_the_search_and_resume_finishes_it(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fold model the deployment cannot read: one error line naming --resume, trials.csv and summary.json intact;
+    with the file back, --resume deploys (calibrated) without running a trial again."""
+    import shutil
+
+    from search.run import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    space = tmp_path / "e2e.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    for name in ("best", "best_folds"):
+        shutil.rmtree(copy / name)
+    fold_file = sorted((copy / "train").glob("*/folds/fold_0_epoch*.safetensors"))[0]
+    saved = fold_file.read_bytes()
+    fold_file.write_bytes(saved[:100])  # truncated: not a readable safetensors file
+
+    def trials() -> pd.DataFrame:  # trials.csv without the CPU latency column, which is measured anew each time
+        return pd.read_csv(copy / "trials.csv", dtype={"trial_id": str}).drop(columns="cpu_latency_ms")
+
+    trials_before = trials()
+    args = [str(space), "--storage", str(copy), "--test", "synthetic:64", "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: deploying the winner") and "--resume" in err[0], err
+    pd.testing.assert_frame_equal(trials(), trials_before)
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["deployment"]["status"] == "failed" and "safetensors" in summary["deployment"]["error"]
+    assert not (copy / "best").exists() and fold_file.exists()  # the fold models stay for the next try
+
+    fold_file.write_bytes(saved)
+    assert main(args) == 0
+    from cellnet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(copy / "best").calibration is not None
+    assert load_checkpoint(copy / "best_folds").calibration is not None
+    assert json.loads((copy / "summary.json").read_text())["deployment"]["status"] == "done"
+    pd.testing.assert_frame_equal(trials(), trials_before)  # no trial ran again
+
+
+def test_search_retrain_calibrates_the_winner_and_says_why_not_for_others(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cellnet.checkpoint import load_checkpoint
+    from search.retrain import main
+
+    summary = json.loads((run / "summary.json").read_text())
+    winner = summary["best"]["trial_id"]
+    assert main([str(run), "--trial", winner, "--out", str(tmp_path / "winner")]) == 0
+    assert "calibrated on the out-of-fold predictions" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "winner")
+    assert ckpt.calibration is not None and ckpt.calibration.ood is not None
+    other = next(t for t in pd.read_csv(run / "trials.csv", dtype={"trial_id": str})["trial_id"] if t != winner)
+    assert main([str(run), "--trial", other, "--out", str(tmp_path / "other"), "--epochs", "1"]) == 0
+    assert "not calibrated: the fold models of trial" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "other").calibration is None

@@ -23,7 +23,7 @@ from tests.test_cli import TINY_SIZE, assert_one_line_error, train_tiny
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(uncalibrated checkpoint, calibrated copy, held-out npz). The calibration is fitted on 600 fresh cells the
-    model never saw -- the role the out-of-fold predictions play after a search."""
+    model never saw -- the role the out-of-fold predictions play after a search -- on single views only."""
     root = tmp_path_factory.mktemp("trust")
     plain, _ = train_tiny(root, n=400)
     ckpt = load_checkpoint(plain)
@@ -36,6 +36,19 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     calibrated = ckpt.save(root / "calibrated", calibration=cal)
     test = save_npz(generate(n=200, image_size=TINY_SIZE, seed=12), root / "test.npz")
     return plain, calibrated, test
+
+
+@pytest.fixture(scope="module")
+def tta_calibrated(checkpoints: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain checkpoint calibrated as a search does it: single views, the 8 TTA views, OOD features, from one
+    pass over 600 cells it never saw."""
+    plain, _, _ = checkpoints
+    ckpt = load_checkpoint(plain)
+    held = generate(n=600, image_size=TINY_SIZE, seed=13)
+    out = infer(ckpt, held.images, features=True, tta=True)
+    assert out.views is not None and out.views.shape[0] == 8
+    cal = fit_calibration(out.logits, held.labels, len(ckpt.classes), out.features, view_logits=out.views, coverage=0.9)
+    return ckpt.save(tmp_path_factory.mktemp("tta") / "calibrated", calibration=cal)
 
 
 def test_calibration_round_trips_through_the_checkpoint(checkpoints: tuple[Path, Path, Path]) -> None:
@@ -122,3 +135,72 @@ def test_evaluate_reports_calibration_coverage_and_flags(checkpoints: tuple[Path
     assert {"ece_uncalibrated", "ece_calibrated", "flags", "set_flags", "ood_flagged"} <= set(trust)
     assert trust["flags"]["wrong"] + trust["flags"]["right"] == metrics["clean"]["n"]
     assert (report / "trust.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TTA and calibration: calibrated for it, or refused
+
+
+def test_tta_on_a_checkpoint_calibrated_on_single_views_is_refused_in_one_line(
+    checkpoints: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, calibrated, test = checkpoints
+    for command in ("predict", "evaluate"):
+        extra = [str(test)] if command == "predict" else [str(test), "--out", "unused"]
+        assert main([command, "--checkpoint", str(calibrated), *extra, "--tta"]) == 2
+        assert_one_line_error(capsys.readouterr().err, "fitted on single views only", "without --tta")
+
+
+def test_tta_uses_its_own_calibration_and_keeps_its_coverage(
+    tta_calibrated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --tta the probabilities are the mean over the 8 views of softmax(z / T_tta), the sets come from the TTA
+    conformal scores and hold their coverage; the OOD score is the identity view's, the same as without --tta."""
+    from cellnet.calibrate import softmax
+
+    ckpt = load_checkpoint(tta_calibrated)
+    assert ckpt.calibration is not None and ckpt.calibration.tta is not None
+    fresh = generate(n=400, image_size=TINY_SIZE, seed=14)
+    test = save_npz(fresh, tmp_path / "fresh.npz")
+    single, tta = tmp_path / "single.csv", tmp_path / "tta.csv"
+    assert main(["predict", "--checkpoint", str(tta_calibrated), str(test), "--out", str(single)]) == 0
+    assert main(["predict", "--checkpoint", str(tta_calibrated), str(test), "--tta", "--out", str(tta)]) == 0
+    a, b = pd.read_csv(single), pd.read_csv(tta)
+    raw = infer(ckpt, fresh.images, tta=True)
+    assert raw.views is not None
+    p_cols = [f"p_{c}" for c in ckpt.classes]
+    np.testing.assert_allclose(b[p_cols].to_numpy(), softmax(raw.views, ckpt.calibration.tta.temperature), atol=2e-6)
+    np.testing.assert_allclose(a[p_cols].to_numpy(), softmax(raw.logits, ckpt.calibration.temperature), atol=2e-6)
+    np.testing.assert_allclose(a["ood_score"], b["ood_score"], rtol=1e-5)  # identity view's features both times
+    covered = [ckpt.classes[y] in s.split("|") for y, s in zip(fresh.labels, b["set"])]
+    assert np.mean(covered) >= 0.85  # coverage 0.9 on exchangeable cells, with slack for 400 of them
+
+
+def test_one_forward_pass_gives_logits_and_features(checkpoints: tuple[Path, Path, Path]) -> None:
+    """A calibrated checkpoint costs one backbone pass per image and view, not one for logits and one for features."""
+    _, calibrated, _ = checkpoints
+    ckpt = load_checkpoint(calibrated)
+    calls = []
+    ckpt.model.backbone.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    images = generate(n=50, image_size=TINY_SIZE, seed=15).images
+    out = infer(ckpt, images, features=True, batch_size=32)
+    assert out.features is not None and sum(calls) == len(images)
+    calls.clear()
+    infer(ckpt, images, features=True, tta=True, batch_size=32)
+    assert sum(calls) == 8 * len(images)
+
+
+def test_a_class_always_in_the_set_is_warned_about(
+    checkpoints: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decision 0005: a class with too few calibration images to ever leave a set is named when predicting."""
+    plain, _, test = checkpoints
+    ckpt = load_checkpoint(plain)
+    held = generate(n=300, image_size=TINY_SIZE, seed=16)
+    keep = np.flatnonzero((held.labels != 0) | (np.cumsum(held.labels == 0) <= 3))  # three images of class 0
+    out = infer(ckpt, held.images[keep])
+    cal = fit_calibration(out.logits, held.labels[keep], len(ckpt.classes), coverage=0.9)
+    path = ckpt.save(tmp_path / "rare", calibration=cal)
+    assert main(["predict", "--checkpoint", str(path), str(test), "--out", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "in every prediction set" in err and f"{ckpt.classes[0]} (3 calibration images)" in err
