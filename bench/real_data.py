@@ -14,6 +14,7 @@ Never used by tests (tests must not depend on ../shared).
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -54,8 +55,10 @@ def _read(path: Path, size: int, framing: str) -> np.ndarray:
         return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=4)
 def load_pbc(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -> CellData:
-    """Every image of `root` (one subfolder per class) at `size` px in the given framing; ids = 'class/file'."""
+    """Every image of `root` (one subfolder per class) at `size` px in the given framing; ids = 'class/file'.
+    Cached per process (a benchmark asks for the same framing many times; treat the result as read-only)."""
     from cellnet.data.sources import folder_classes
 
     if framing not in FRAMINGS:
@@ -72,6 +75,7 @@ def load_pbc(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -
     return CellData(images, np.array(labels, dtype=np.int64), classes, ids)
 
 
+@functools.lru_cache(maxsize=2)
 def cleaned_ids(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[np.ndarray, np.ndarray]:
     """(ids kept by cellnet.data.clean on the full framing, their duplicate groups): one cleaning for both framings."""
     from cellnet.data import clean

@@ -1,4 +1,4 @@
-"""Image augmentation (albumentations 2.x) scaled by one knob, `aug_strength` in [0, 1], plus two robustness knobs.
+"""Image augmentation (albumentations 2.x) scaled by one knob, `aug_strength` in [0, 1], plus robustness knobs.
 
 Every transform works on uint8 H×W×3 arrays; normalisation to float happens per batch on the torch side (see
 `cellnet.train.prepare_batch`), which keeps the loader cheap. Strength 0 is the identity (plus the optional resize to
@@ -9,6 +9,14 @@ The robustness knobs target the shifts of `cellnet.shifts` (the suite `cellnet e
 `zoom_aug` (`RandomZoom`, magnification 2**U(-zoom_aug, zoom_aug), padded with the border background like
 `shifts.zoom`) and `stain_aug` (HEStain Macenko re-staining plus Planckian illumination colour). Both are 0 (off)
 by default, which leaves the pipeline exactly as without them.
+
+`aug_policy` adds one of the standard automatic policies, torchvision's implementations (`TorchvisionPolicy`):
+RandAugment (2 ops at magnitude 30 x aug_magnitude of 31 bins), TrivialAugmentWide (one op at a random strength, on
+a share aug_magnitude of the images) or AugMix (severity 10 x aug_magnitude, 3 chains). The shift suite's
+"RandAugment/AugMix-style" corruptions are built from albumentations' ops with other parameters (cellnet/shifts.py),
+so a model trained with a policy is not scored on that same policy.
+
+    image ─ RandomZoom ─ flips, rot90, affine, colour, blur, noise, dropout (aug_strength) ─ policy ─ stain ─ resize
 """
 
 from __future__ import annotations
@@ -18,11 +26,60 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
+from cellnet.config import AUG_POLICIES as POLICIES
 from cellnet.shifts import MacenkoStain, zoom
 
 ZOOM_P = 0.8  # share of training images RandomZoom rescales when zoom_aug > 0
 MAX_ZOOM_AUG = 2.0  # largest zoom_aug: magnification 0.25x-4x
+
+
+class TorchvisionPolicy(A.ImageOnlyTransform):
+    """A torchvision v2 policy (RandAugment, TrivialAugmentWide, AugMix) on one uint8 H×W×3 image, at `magnitude` in
+    [0, 1].
+
+    torchvision draws from torch's global generator; here each call saves its state, seeds it from albumentations'
+    own per-transform generator (`set_random_state`, as `cellnet.train.ImageDataset` does per sample) and restores it
+    afterwards, so the draws are a function of (seed, epoch, sample) and the global stream (dropout) is untouched.
+    The ops run on one thread: on a 64 px image, intra-op threads cost more than they save (3x, measured).
+    """
+
+    def __init__(self, policy: str = "randaugment", magnitude: float = 0.5, p: float = 1.0) -> None:
+        if policy not in POLICIES[1:]:
+            raise ValueError(f"policy must be one of {list(POLICIES[1:])}, got {policy!r}")
+        if not 0.0 <= magnitude <= 1.0:
+            raise ValueError(f"policy magnitude must be in [0, 1], got {magnitude}")
+        super().__init__(p=magnitude if policy == "trivialaugment" else p)
+        self.policy, self.magnitude = policy, float(magnitude)
+        self.op = _torchvision_policy(policy, magnitude)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": int(self.py_random.getrandbits(62))}
+
+    def apply(self, img: np.ndarray, seed: int = 0, **params: Any) -> np.ndarray:
+        state, threads = torch.get_rng_state(), torch.get_num_threads()
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed would also seed every GPU: 100x slower
+        torch.set_num_threads(1)
+        try:
+            out = self.op(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        finally:
+            torch.set_rng_state(state)
+            torch.set_num_threads(threads)
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("policy", "magnitude")
+
+
+def _torchvision_policy(policy: str, magnitude: float) -> Any:
+    from torchvision.transforms import v2
+
+    if policy == "randaugment":
+        return v2.RandAugment(num_ops=2, magnitude=round(30 * magnitude), num_magnitude_bins=31)
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide(num_magnitude_bins=31)
+    return v2.AugMix(severity=max(1, round(10 * magnitude)), mixture_width=3)
 
 
 class RandomZoom(A.ImageOnlyTransform):
@@ -75,8 +132,11 @@ def train_transform(
     *,
     zoom_aug: float = 0.0,
     stain_aug: float = 0.0,
+    policy: str = "none",
+    magnitude: float = 0.5,
 ) -> A.Compose:
-    """RandomZoom (zoom_aug > 0); flips, rot90, affine, colour jitter, blur, noise, dropout; stain; then resize.
+    """RandomZoom (zoom_aug > 0); flips, rot90, affine, colour jitter, blur, noise, dropout; the `policy` at
+    `magnitude` (TorchvisionPolicy; "none": off); stain; then resize.
 
     The zoom comes first, so its background is estimated from the original border. With zoom_aug > 0 it owns the
     magnification: the Affine keeps its rotation and translation but its scale becomes (1, 1), so the two do not
@@ -115,6 +175,10 @@ def train_transform(
                 p=0.3 * s,
             ),
         ]
+    if policy not in POLICIES:
+        raise ValueError(f"aug_policy must be one of {list(POLICIES)}, got {policy!r}")
+    if policy != "none":
+        ops.append(TorchvisionPolicy(policy, magnitude))
     return A.Compose(ops + stain_transforms(stain_aug) + _resize(image_size, input_size))
 
 

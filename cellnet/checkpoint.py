@@ -235,7 +235,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     _check_members(meta, state, weights_path)
     check_state_dict(model, state, where=str(weights_path))
     model.load_state_dict(state, strict=True)
-    model.to(device).eval()
+    model.to(device).to(memory_format=torch.channels_last).eval()  # the layout infer and the trainer use
     return Checkpoint(
         calibration=_calibration_from(meta.get("calibration"), path / CALIBRATION),
         model=model,

@@ -69,11 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     inference.add_argument("--tta", action="store_true", help="average over the 8 flips/90° rotations (8x slower)")
     inference.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
     inference.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N (default: auto)")
+    inference.add_argument(
+        "--adapt",
+        action="store_true",
+        help="re-estimate the BatchNorm statistics on all the images of the call (at least 64; another lab's "
+        "images): weights and checkpoint untouched, the OOD flag still uses the training statistics, the coverage "
+        "promise does not cover adapted predictions",
+    )
     _add_train(sub, common)
     _add_predict(sub, [common, inference])
     _add_evaluate(sub, [common, inference])
     _add_export(sub, common)
     _add_clean(sub, common)
+    _add_weights(sub, common)
     return parser
 
 
@@ -185,6 +193,20 @@ def _add_clean(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-conflicts", action="store_true", help="report label conflicts but keep them")
     p.add_argument("--keep-outliers", action="store_true", help="report outliers but keep them")
     p.set_defaults(func=cmd_clean)
+
+
+def _add_weights(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "weights",
+        parents=[common],
+        help="which backbones have pretrained weights available without network access",
+        description="For each BACKBONE (default: those a weights package can provide; --config: the backbones of a "
+        "search space), where `pretrained: true` would take ImageNet weights from without the network -- timm's "
+        "local cache or an installed weights package (converted once into the cache) -- or how to get them.",
+    )
+    p.add_argument("backbones", nargs="*", metavar="BACKBONE", help="timm model names")
+    p.add_argument("--config", metavar="SPACE.yaml", help="list the backbones this config can train")
+    p.set_defaults(func=cmd_weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,15 +371,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         _warn_always_in_set(ckpt, args.coverage, views=8 if args.tta else 1)
-    table = predict_inputs(
+    predicted = predict_inputs(
         ckpt,
         args.inputs,
         batch_size=args.batch_size,
         tta=args.tta,
+        adapt=args.adapt,
         min_confidence=args.min_confidence,
         coverage=args.coverage if ckpt.calibration is not None else None,
         workers=args.workers,
     )
+    table = predicted.table
+    if predicted.adaptation is not None:
+        print(predicted.adaptation.describe(), file=sys.stderr)
     if args.out:
         with atomic_path(args.out) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
@@ -407,12 +433,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data,
         args.out,
         tta=args.tta,
+        adapt=args.adapt,
         shifted=args.shifted,
         batch_size=args.batch_size,
         seed=args.seed,
         where=args.data,
         header={"checkpoint": str(args.checkpoint), "data": args.data},
     )
+    if metrics.get("adaptation"):
+        from cellnet.adapt import Adaptation
+
+        print(Adaptation(**metrics["adaptation"]).describe(), file=sys.stderr)
     for name, text in metrics["text"].items():
         print(f"== {name} ({args.data}, {len(data)} images) ==\n{text}")
     print(summary_table(metrics))
@@ -428,6 +459,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = _load(args.checkpoint, "cpu")
     path, diff = export_onnx(ckpt, args.out, tolerance=args.tolerance, opset=args.opset)
     print(f"wrote {path} (max |p_onnx - p_torch| = {diff:.2e} <= {args.tolerance:g})")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from cellnet.weights import PACKAGES, cache_dir, offline_table
+
+    names = list(args.backbones)
+    if args.config:
+        from cellnet.config import load_config
+
+        names += load_config(args.config).backbones()
+    names = list(dict.fromkeys(names or PACKAGES))
+    rows = offline_table(names)
+    width = max(len(n) for n, _, _ in rows)
+    print(f"{'backbone':<{width}}  offline  source (or how to get the weights)")
+    for name, yes, how in rows:
+        print(f"{name:<{width}}  {yes:<7}  {how}")
+    print(f"converted weights are cached in {cache_dir() / 'weights'}")
     return 0
 
 

@@ -22,6 +22,7 @@ from cellnet.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "radam", "ranger")
 SCHEDULES = ("cosine", "plateau", "constant")
 CLASS_WEIGHTS = ("none", "inverse_frequency")
+AUG_POLICIES = ("none", "randaugment", "trivialaugment", "augmix")  # = cellnet.augment.POLICIES
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class TrainConfig:
     aug_strength: float = 0.5
     zoom_aug: float = 0.0  # RandomZoom's max |log2 magnification| (1 = 0.5x-2x), see cellnet.shifts; 0 = off
     stain_aug: float = 0.0  # HEStain Macenko + Planckian illumination strength in [0, 1]; 0 = off
+    aug_policy: str = "none"  # none | randaugment | trivialaugment | augmix (torchvision; cellnet.augment)
+    aug_magnitude: float = 0.5  # the policy's strength in [0, 1]
     # single runs (`cellnet train`); inside a search ASHA decides when to stop
     early_stopping_patience: int = 5
     val_fraction: float = 0.2
@@ -106,6 +109,8 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(0.0 <= c.aug_strength <= 1.0, f"aug_strength must be in [0, 1], got {c.aug_strength}")
     need(0.0 <= c.zoom_aug <= 2.0, f"zoom_aug (max |log2 scale|) must be in [0, 2], got {c.zoom_aug}")
     need(0.0 <= c.stain_aug <= 1.0, f"stain_aug must be in [0, 1], got {c.stain_aug}")
+    need(c.aug_policy in AUG_POLICIES, f"aug_policy must be one of {list(AUG_POLICIES)}, got {c.aug_policy!r}")
+    need(0.0 <= c.aug_magnitude <= 1.0, f"aug_magnitude must be in [0, 1], got {c.aug_magnitude}")
     need(c.early_stopping_patience >= 0, f"early_stopping_patience must be >= 0, got {c.early_stopping_patience}")
     need(0.0 < c.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {c.val_fraction}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
@@ -260,6 +265,13 @@ class ExperimentConfig:
     def searched(self) -> dict[str, Param]:
         """The parameters that actually vary."""
         return {k: p for k, p in self.space.items() if not p.is_fixed}
+
+    def backbones(self) -> list[str]:
+        """Every backbone a trial of this config can train (the searched choices, or the one fixed value)."""
+        p = self.space.get("backbone")
+        if p is not None:
+            return [str(v) for v in p.values]
+        return [str(self.fixed_values().get("backbone", TrainConfig.backbone))]
 
     def fixed_values(self) -> dict[str, Any]:
         """`train` plus every fixed `space` entry."""

@@ -13,6 +13,7 @@ gamma; deterministic for a seed)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
 from cellnet.predict import Prediction, predict_batch, prediction_table
-from cellnet.shifts import DEFAULT_SUITE, SHIFTS, apply_shift, resolve_names
+from cellnet.shifts import DEFAULT_SUITE, FAMILIES, SHIFTS, apply_shift, resolve_names
 
 if TYPE_CHECKING:
     from cellnet.checkpoint import Checkpoint
@@ -204,6 +205,7 @@ def shifted_metrics(
     suite: Sequence[str] = DEFAULT_SUITE,
     seed: int = SHIFT_SEED,
     tta: bool = False,
+    adapt: bool = False,
     batch_size: int = 256,
     clean_ood: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -216,7 +218,7 @@ def shifted_metrics(
     names = resolve_names(suite)
     per_shift: dict[str, dict[str, Any]] = {}
     for name in names:
-        out = predict_batch(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta)
+        out = predict_batch(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta, adapt=adapt)
         rep = report(y_true, out.probs, classes)
         per_shift[name] = {k: rep[k] for k in SHIFT_KEYS} | {"description": SHIFTS[name].description}
         if out.calibrated is not None:
@@ -230,6 +232,7 @@ def shifted_metrics(
         "mean_accuracy": float(np.mean(list(accuracy.values()))),
         "worst_accuracy": accuracy[worst],
         "worst_shift": worst,
+        "families": family_accuracy(accuracy),
     }
     trusts = [m["trust"] for m in per_shift.values() if "trust" in m]
     if trusts:
@@ -237,6 +240,65 @@ def shifted_metrics(
         out_metrics["mean_coverage"] = _mean([t["coverage"]["coverage"] for t in trusts])
         out_metrics["mean_ood_auroc"] = _mean([t.get("ood_auroc") for t in trusts])
     return out_metrics
+
+
+def family_accuracy(accuracy: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per-shift accuracies grouped by the suite's families (cellnet.shifts FAMILIES, in that order): each family's
+    mean and its shifts. What a robustness card shows."""
+    out: dict[str, dict[str, Any]] = {}
+    for family in FAMILIES:
+        mine = {n: float(a) for n, a in accuracy.items() if n in SHIFTS and SHIFTS[n].family == family}
+        if mine:
+            out[family] = {"accuracy": float(np.mean(list(mine.values()))), "shifts": mine}
+    return out
+
+
+def robustness_card(
+    accuracy: dict[str, float], clean: float | None, source: str, deployed: str | None = None
+) -> dict[str, Any]:
+    """summary.json's `robustness`: how a deployed model holds up, shift by shift and family by family, with where
+    the figures come from (a held-out test set, or the winner's cross-validation)."""
+    worst = min(accuracy, key=lambda n: accuracy[n]) if accuracy else None
+    return {
+        "deployed": deployed,
+        "source": source,
+        "clean_accuracy": clean,
+        "mean_shifted_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else None,
+        "worst_shift": worst,
+        "worst_accuracy": accuracy[worst] if worst else None,
+        "families": family_accuracy(accuracy),
+    }
+
+
+def plot_robustness_card(card: dict[str, Any], path: Path) -> None:
+    """Accuracy per shift grouped and coloured by family, each family's mean as a line, the clean accuracy."""
+    from matplotlib.figure import Figure
+
+    families = card["families"]
+    names = [n for f in families.values() for n in f["shifts"]]
+    colours = dict(zip(families, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:red")))
+    fig = Figure(figsize=(8, 1.4 + 0.32 * len(names)))
+    ax = fig.add_subplot()
+    y = 0
+    for family, entry in families.items():
+        ys = list(range(y, y + len(entry["shifts"])))
+        ax.barh(
+            ys,
+            list(entry["shifts"].values()),
+            color=colours.get(family, "gray"),
+            edgecolor="black",
+            label=f"{family}: {entry['accuracy']:.3f}",
+        )
+        y += len(ys)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    if card.get("clean_accuracy") is not None:
+        ax.axvline(card["clean_accuracy"], color="black", label=f"clean {card['clean_accuracy']:.3f}")
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("accuracy")
+    ax.set_title(f"robustness card: {card.get('deployed') or 'model'} ({card['source']})")
+    ax.legend(loc="lower left", fontsize=8)
+    _save_figure(fig, path)
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -385,6 +447,7 @@ def evaluate(
     out_dir: str | Path,
     *,
     tta: bool = False,
+    adapt: bool = False,
     shifted: bool = False,
     batch_size: int = 256,
     seed: int = SHIFT_SEED,
@@ -402,8 +465,10 @@ def evaluate(
     classes = list(checkpoint.classes)
     y_true = labels_for(data, checkpoint.classes, where)
     suite = resolve_names(shifts) if shifted else ()
-    metrics: dict[str, Any] = {**(header or {}), "classes": classes, "tta": tta}
-    prediction = predict_batch(checkpoint, data.images, batch_size=batch_size, tta=tta)
+    metrics: dict[str, Any] = {**(header or {}), "classes": classes, "tta": tta, "adapt": adapt}
+    prediction = predict_batch(checkpoint, data.images, batch_size=batch_size, tta=tta, adapt=adapt)
+    if prediction.adaptation is not None:
+        metrics["adaptation"] = dataclasses.asdict(prediction.adaptation)
     probs, cal = prediction.probs, prediction.calibrated
     rep = report(y_true, probs, classes)
     write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean", calibrated=cal)
@@ -428,6 +493,7 @@ def evaluate(
             suite=suite,
             seed=seed,
             tta=tta,
+            adapt=adapt,
             batch_size=batch_size,
             clean_ood=cal.ood_score if cal is not None else None,
         )
@@ -483,6 +549,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for label, acc in (
         ("mean", shifted["mean_accuracy"]),
         (f"worst: {shifted['worst_shift']}", shifted["worst_accuracy"]),
+        *((f"family: {f}", v["accuracy"]) for f, v in shifted.get("families", {}).items()),
     ):
         lines.append(f"{label:<24}{acc:>10.4f}{acc - clean:>+10.4f}")
     return "\n".join(lines)

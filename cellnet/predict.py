@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cellnet.adapt import Adaptation
 from cellnet.calibrate import CalibratedOutput, is_ood, uncertain
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
@@ -30,6 +31,7 @@ from cellnet.progress import progress_bar
 
 if TYPE_CHECKING:
     from cellnet.checkpoint import Checkpoint
+    from cellnet.model import CellNet, FoldEnsemble
 
 # (number of 90° rotations, horizontal flip first): the dihedral group D4 of a square image.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
@@ -92,6 +94,22 @@ class Inference:
         return softmax(self.all_views(), temperature).astype(np.float32)
 
 
+def preprocessed(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """`images` in batches as the model takes them: on its device, resized, normalised, channels_last (the fast
+    layout on CPU (oneDNN) and GPU alike)."""
+    device = _model_device(checkpoint.model)
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+        x = preprocess(
+            chunk,
+            image_size=checkpoint.image_size,
+            input_size=checkpoint.input_size,
+            mean=checkpoint.mean,
+            std=checkpoint.std,
+        )
+        yield x.contiguous(memory_format=torch.channels_last)
+
+
 def infer(
     checkpoint: Checkpoint,
     images: np.ndarray,
@@ -111,24 +129,14 @@ def infer(
         raise CellnetError(f"batch size must be >= 1, got {batch_size}")
     model = checkpoint.model
     model.eval()
-    device = _model_device(model)
     n, c = len(images), len(checkpoint.classes)
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     logits = np.empty((len(views), n, c), dtype=np.float32)
     feats: np.ndarray | None = None
+    start = 0
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-            x = preprocess(
-                chunk,
-                image_size=checkpoint.image_size,
-                input_size=checkpoint.input_size,
-                mean=checkpoint.mean,
-                std=checkpoint.std,
-            )
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            rows = slice(start, start + len(chunk))
+        for x in preprocessed(checkpoint, images, batch_size):
+            rows = slice(start, start + len(x))
             for i, (k, flip) in enumerate(views):
                 view = _dihedral(x, k, flip)
                 if features and i == 0:
@@ -140,19 +148,22 @@ def infer(
                 else:
                     out = model(view)
                 logits[i, rows] = out.float().cpu().numpy()
+            start += len(x)
             if on_batch is not None:
-                on_batch(len(chunk))
+                on_batch(len(x))
     return Inference(logits[0], logits if tta else None, feats)
 
 
 @dataclass
 class Prediction:
     """A checkpoint's answer for N images: probabilities (calibrated when the checkpoint has a calibration), the raw
-    `inference`, and what the calibration adds (sets at a coverage, OOD score) -- None for an uncalibrated one."""
+    `inference`, and what the calibration adds (sets at a coverage, OOD score) -- None for an uncalibrated one;
+    `adaptation`: what --adapt did (None without it)."""
 
     probs: np.ndarray
     inference: Inference
     calibrated: CalibratedOutput | None = None
+    adaptation: Adaptation | None = None
 
     def uncertain(self, min_confidence: float | None = None) -> np.ndarray:
         """The one "uncertain" rule (`cellnet.calibrate.uncertain`) with what this checkpoint can tell."""
@@ -168,20 +179,49 @@ def predict_batch(
     batch_size: int = 256,
     tta: bool = False,
     coverage: float | None = None,
+    adapt: bool = False,
     on_batch: Callable[[int], object] | None = None,
 ) -> Prediction:
     """`infer`, then the checkpoint's calibration (`Calibration.apply`: the temperature, sets and OOD score fitted
     for this way of predicting; TTA on a checkpoint calibrated on single views only is a CalibrationError, raised
-    before any work). Features are computed only when the calibration has OOD statistics."""
+    before any work). Features are computed only when the calibration has OOD statistics.
+
+    `adapt`: the BatchNorm statistics re-estimated on all of `images` (`cellnet.adapt`) for the probabilities and
+    sets; the OOD score still comes from the model with its training statistics (a foreign batch stays foreign)."""
     calibration = checkpoint.calibration
     if calibration is not None:
         calibration.view(len(DIHEDRAL) if tta else 1)
     with_features = calibration is not None and calibration.ood is not None
     out = infer(checkpoint, images, batch_size=batch_size, tta=tta, features=with_features, on_batch=on_batch)
+    adaptation = None
+    if adapt:
+        out, adaptation = _adapted(checkpoint, images, out, batch_size=batch_size, tta=tta)
     if calibration is None:
-        return Prediction(out.probs(), out)
+        return Prediction(out.probs(), out, adaptation=adaptation)
     calibrated = calibration.apply(out.all_views(), out.features, coverage)
-    return Prediction(calibrated.probs, out, calibrated)
+    return Prediction(calibrated.probs, out, calibrated, adaptation)
+
+
+def _adapted(
+    checkpoint: Checkpoint, images: np.ndarray, plain: Inference, *, batch_size: int, tta: bool
+) -> tuple[Inference, Adaptation]:
+    """The outputs of the checkpoint's model with BatchNorm adapted to `images`, with `plain`'s features (training
+    statistics); the class-mix guard compares with the calibration's class counts (none: no guard)."""
+    import dataclasses
+
+    from cellnet.adapt import adapt
+
+    def predict(model: CellNet | FoldEnsemble) -> np.ndarray:
+        return infer(dataclasses.replace(checkpoint, model=model), images, batch_size=batch_size).probs()
+
+    prior = checkpoint.calibration.conformal.counts if checkpoint.calibration is not None else None
+    model, adaptation = adapt(
+        checkpoint.model, len(images), lambda: preprocessed(checkpoint, images, batch_size), predict, prior
+    )
+    if model is checkpoint.model:
+        return plain, adaptation
+    out = infer(dataclasses.replace(checkpoint, model=model), images, batch_size=batch_size, tta=tta)
+    return Inference(out.logits, out.views, plain.features), adaptation
 
 
 def predict_images(
@@ -276,22 +316,33 @@ def _decoded_chunks(
         pending = following
 
 
+@dataclass
+class PredictedTable:
+    """What `predict_inputs` returns: the CSV's rows, and what --adapt did (None without it)."""
+
+    table: pd.DataFrame
+    adaptation: Adaptation | None = None
+
+
 def predict_inputs(
     checkpoint: Checkpoint,
     inputs: Sequence[str],
     *,
     batch_size: int = 256,
     tta: bool = False,
+    adapt: bool = False,
     min_confidence: float | None = None,
     coverage: float | None = None,
     workers: int | None = None,
     show_progress: bool | None = None,
-) -> pd.DataFrame:
+) -> PredictedTable:
     """The `cellnet predict` table, in input order: id, predicted, confidence, uncertain, set, set_size, ood_score,
-    ood, error, p_<class> per class (see `prediction_table`).
+    ood, error, p_<class> per class (see `prediction_table`); with `adapt` also `adapted`.
 
     Rows whose image could not be read have `error` set and empty prediction columns; the rest are still predicted.
-    `coverage`: the prediction sets' coverage (default: the checkpoint's); needs a calibrated checkpoint.
+    `coverage`: the prediction sets' coverage (default: the checkpoint's); needs a calibrated checkpoint. `adapt`:
+    every readable image is decoded first and predicted in one call, so the BatchNorm statistics are re-estimated
+    on all of them (`cellnet.adapt`), not per chunk.
     """
     from cellnet.calibrate import check_coverage
 
@@ -309,39 +360,64 @@ def predict_inputs(
     sets = np.zeros((len(ids), len(classes)), dtype=bool) if calibration is not None else None
     ood = np.full(len(ids), np.nan) if calibration is not None and calibration.ood is not None else None
     errors = [""] * len(ids)
-    workers = workers or min(8, os.cpu_count() or 1)
-    chunk = max(batch_size, 64)
+    adaptation: Adaptation | None = None
 
-    def run(rows: list[int] | slice, images: np.ndarray, on_batch: Callable[[int], object] | None = None) -> None:
-        out = predict_batch(checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, on_batch=on_batch)
+    def run(rows: np.ndarray, images: np.ndarray) -> None:
+        nonlocal adaptation
+        out = predict_batch(checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, adapt=adapt)
         probs[rows] = out.probs
+        adaptation = out.adaptation
         if sets is not None and out.calibrated is not None:
             sets[rows] = out.calibrated.sets
         if ood is not None and out.calibrated is not None and out.calibrated.ood_score is not None:
             ood[rows] = out.calibrated.ood_score
 
-    with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar, ThreadPoolExecutor(workers) as pool:
-        offset = 0
+    held: list[tuple[np.ndarray, np.ndarray]] = []  # with --adapt: every group, predicted together at the end
+    with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar:
+        for rows, images in _readable(sources, checkpoint.image_size, max(batch_size, 64), errors, workers, bar.update):
+            if adapt:
+                held.append((rows, images))
+            else:
+                run(rows, images)
+    if held:
+        run(np.concatenate([r for r, _ in held]), np.concatenate([x for _, x in held]))
+    table = prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
+    if adapt:
+        table["adapted"] = [None if e else True for e in errors]
+    return PredictedTable(table, adaptation)
+
+
+def _readable(
+    sources: list[_Source],
+    image_size: int,
+    chunk: int,
+    errors: list[str],
+    workers: int | None,
+    progress: Callable[[int], object],
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row numbers, uint8 images) of every readable image, chunk by chunk in input order; an unreadable input's
+    reason goes to `errors` at its row."""
+    offset = 0
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         for src in sources:
             if src.error is not None:
                 errors[offset] = src.error
-                bar.update(1)
+                progress(1)
             elif src.images is not None:
-                run(slice(offset, offset + len(src.ids)), src.images, bar.update)
-            else:
-                assert src.paths is not None
+                yield np.arange(offset, offset + len(src.ids)), src.images
+                progress(len(src.ids))
+            elif src.paths is not None:
                 row = offset
-                for decoded in _decoded_chunks(src.paths, checkpoint.image_size, chunk, pool):
+                for decoded in _decoded_chunks(src.paths, image_size, chunk, pool):
                     good = [j for j, d in enumerate(decoded) if isinstance(d, np.ndarray)]
                     for j, d in enumerate(decoded):
                         if isinstance(d, str):
                             errors[row + j] = d
                     if good:
-                        run([row + j for j in good], np.stack([decoded[j] for j in good]))  # type: ignore[misc]
-                    bar.update(len(decoded))
+                        yield np.array([row + j for j in good]), np.stack([decoded[j] for j in good])
+                    progress(len(decoded))
                     row += len(decoded)
             offset += len(src.ids)
-    return prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
 
 
 def prediction_table(

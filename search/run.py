@@ -178,9 +178,32 @@ def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) 
         f"\n# search space: {len(cfg.searched())} searched parameter(s), {cfg.search.searcher} / {cfg.search.scheduler}"
     )
     print("\n".join(describe(cfg)) or "  (nothing searched)")
+    print("\n# pretrained weights (what each backbone starts from; `cellnet weights` lists every source)")
+    print("\n".join(describe_weights(cfg)))
     print("\n# resource plan")
     print("\n".join(plan.describe()))
     print(f"\n# run directory: {run_dir}")
+
+
+def describe_weights(cfg: ExperimentConfig) -> list[str]:
+    """One line per backbone the config can train: the offline weights it would start from, or what happens
+    without them (scratch under pretrained: auto or false, the hub or an error under true)."""
+    from cellnet.weights import find_offline
+
+    p = cfg.space.get("pretrained")
+    choices = set(p.values) if p is not None else {cfg.fixed_values().get("pretrained", False)}
+    lines = []
+    for name in cfg.backbones():
+        source = find_offline(name, cfg.fixed_values().get("weights_file"))
+        if choices == {False}:
+            lines.append(f"  {name}: from scratch (pretrained: false)")
+        elif source is not None:
+            lines.append(f"  {name}: {source.describe()}")
+        elif "auto" in choices:
+            lines.append(f"  {name}: no offline weights -> from scratch (pretrained: auto)")
+        else:
+            lines.append(f"  {name}: no offline weights -> the hub, or an error without network (pretrained: true)")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -119,6 +119,7 @@ def fold_metrics(
         out[f"fold{i}_train_loss"] = float(m["train_loss"])
         out[f"fold{i}_train_accuracy"] = float(m["train_accuracy"])
     out["node_ids"] = ",".join(node_ids)
+    out["weights"] = per_fold[0].get("weights") or "none"  # where the backbone's initial weights came from
     out["diverged"] = 0
     out["training_iteration"] = out["epoch"]  # Tune keeps a reported value: epochs survive restarts
     return out
@@ -196,6 +197,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
                 mine["shift_accuracy"] = shifted.accuracy_per_shift(probs.argmax(axis=1))
                 mine["shift_eval_s"] = time.perf_counter() - t0
             mine["cpu_time_s"] = time.process_time() - cpu0  # all threads: training, validation, shifted scoring
+            mine["weights"] = trainer.core.weights_source
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world

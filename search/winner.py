@@ -16,6 +16,7 @@ finish(cfg, run_dir, grid, loaded, data_ref, started)
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from search.oof import (
     save_oof,
     trial_folds_dir,
 )
-from search.paths import OOF_FILE
+from search.paths import OOF_FILE, SUMMARY
 from search.results import Winner, records_from_result_grid, update_summary, write_outputs
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
@@ -104,6 +105,7 @@ def finish(
         deployment = deploy(
             cfg, run_dir, win, loaded, data_ref, started, {**prov, "trial_id": win.trial_id}, retrain_winner
         )
+        card = robustness(run_dir, cfg, out.summary)
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())
         update_summary(run_dir, deployment={"status": "failed", "error": reason})
@@ -112,7 +114,33 @@ def finish(
             f"summary.json and the winner's fold models ({trial_folds_dir(run_dir, win.trial_id)}); once the cause is "
             f"fixed, finish the deployment with: {resume_command}"
         ) from e
-    update_summary(run_dir, deployment=deployment)
+    update_summary(run_dir, deployment=deployment, robustness=card)
+    if card is not None:
+        families = ", ".join(f"{f} {v['accuracy']:.3f}" for f, v in card["families"].items())
+        print(f"robustness ({card['source']}): {families} -> {run_dir / 'report' / 'robustness.png'}")
+
+
+def robustness(run_dir: Path, cfg: ExperimentConfig, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The deployed model's robustness card (summary.json's `robustness`, report/robustness.png): its accuracy under
+    each shift of the suite, grouped by family -- on the held-out --test set when there is one, else the winner's
+    cross-validated figures (its fold models on their shifted validation images: an estimate for the refit)."""
+    from cellnet.evaluate import plot_robustness_card, robustness_card
+
+    current = json.loads((run_dir / SUMMARY).read_text())
+    test = current.get("test") or {}
+    name = "refit" if "refit" in test else "folds" if "folds" in test else None
+    best = summary.get("best") or {}
+    if name is not None and test[name].get("shifted_accuracy"):
+        source = f"held-out test set {cfg.data.test} ({test[name]['n']} images)"
+        card = robustness_card(test[name]["shifted_accuracy"], test[name]["accuracy"], source, deployed=name)
+    elif best.get("cv", {}).get("per_shift"):
+        per_shift = {k: float(v) for k, v in best["cv"]["per_shift"].items() if v is not None}
+        source = "cross-validation: the winner's fold models on shifted validation images"
+        card = robustness_card(per_shift, best["cv"].get("cv_accuracy"), source, deployed=cfg.retrain.mode)
+    else:
+        return None
+    plot_robustness_card(card, run_dir / "report" / "robustness.png")
+    return card
 
 
 def deploy(
@@ -372,16 +400,18 @@ def test_line(metrics: dict[str, Any]) -> str:
 
 
 def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: CellData) -> dict[str, Any]:
-    """Each deployed checkpoint scored once on the held-out --test set (reported, never used to choose anything)."""
+    """Each deployed checkpoint scored once on the held-out --test set, clean and under the shift suite (reported,
+    never used to choose anything)."""
     from cellnet.evaluate import evaluate
 
     section: dict[str, Any] = {}
     for name, path in deployed.items():
         where = cfg.data.test or "test"
-        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where)
+        metrics = evaluate(load_checkpoint(path), test, run_dir / "report" / f"test_{name}", where=where, shifted=True)
         section[name] = metrics["clean"]
         if metrics.get("trust"):
             section[name] = {**section[name], "trust": metrics["trust"]}
+        section[name]["shifted_accuracy"] = {n: m["accuracy"] for n, m in metrics["shifted"]["per_shift"].items()}
         print(f"test set ({where}, {len(test)} images), {name}: {test_line(metrics)}")
     if "refit" in section:  # `clean` stays the deployed best/'s numbers, as before
         section["clean"] = section["refit"]

@@ -149,6 +149,23 @@ def test_test_set_scores_both_deployed_models(run: Path) -> None:
     assert (run / "report" / "test_refit" / "metrics.json").is_file()
 
 
+def test_the_deployed_model_has_a_robustness_card(run: Path) -> None:
+    """summary.json's `robustness`: the deployed refit on the held-out test set under the whole shift suite, grouped
+    by family; the same as report/robustness.png shows."""
+    from cellnet.shifts import DEFAULT_SUITE, FAMILIES
+
+    summary = json.loads((run / "summary.json").read_text())
+    card = summary["robustness"]
+    assert card["deployed"] == "refit" and card["source"].startswith("held-out test set synthetic:64")
+    assert list(card["families"]) == list(FAMILIES)
+    shifts = {n: a for f in card["families"].values() for n, a in f["shifts"].items()}
+    assert set(shifts) == set(DEFAULT_SUITE) and shifts == summary["test"]["refit"]["shifted_accuracy"]
+    for family in card["families"].values():
+        assert family["accuracy"] == pytest.approx(np.mean(list(family["shifts"].values())))
+    assert card["clean_accuracy"] == summary["test"]["refit"]["accuracy"]
+    assert (run / "report" / "robustness.png").stat().st_size > 1000
+
+
 def test_optuna_is_told_the_best_epoch_value(run: Path) -> None:
     trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
     completed = trials[trials["status"] == "completed"]
