@@ -33,33 +33,32 @@ def figures(ckpt_dir: Path, clean: Any, other: Any) -> dict[str, Any]:
     from cellnet.calibrate import coverage_report, flag_report, ood_auroc
     from cellnet.checkpoint import load_checkpoint
     from cellnet.evaluate import calibration_gain
-    from cellnet.predict import infer_trusted
+    from cellnet.predict import predict_batch
 
     ckpt = load_checkpoint(ckpt_dir)
     out: dict[str, Any] = {}
     scores = {}
     for name, data in (("clean", clean), ("other", other)):
-        inference, trusted = infer_trusted(ckpt, data.images)
-        probs = inference.probs
-        correct = probs.argmax(axis=1) == data.labels
-        cov = coverage_report(trusted.sets, data.labels, list(ckpt.classes))
-        ood = ~(trusted.ood_score <= 1.0)
-        uncertain = (trusted.sets.sum(axis=1) != 1) | ood
-        flags = flag_report(uncertain, correct)
+        prediction = predict_batch(ckpt, data.images)
+        cal = prediction.calibrated
+        assert cal is not None and cal.ood is not None
+        correct = cal.probs.argmax(axis=1) == data.labels
+        cov = coverage_report(cal.sets, data.labels, list(ckpt.classes))
+        flags = flag_report(cal.uncertain(), correct)
         big = [v["coverage"] for v in cov["per_class"].values() if v["n"] >= 30]
         out[name] = {
             "accuracy": float(correct.mean()),
-            **calibration_gain(inference.logits, data.labels, ckpt.calibration.temperature),
+            **calibration_gain(prediction.inference.logits, data.labels, ckpt.temperature),
             "coverage": cov["coverage"],
             "min_class_coverage_n30": min(big) if big else None,
             "mean_set_size": cov["mean_set_size"],
             "share_wrong_flagged": flags["share_wrong_flagged"],
             "share_right_flagged": flags["share_right_flagged"],
-            "ood_flagged": float(ood.mean()),
+            "ood_flagged": float(cal.ood.mean()),
         }
-        scores[name] = trusted.ood_score
+        scores[name] = cal.ood_score
     out["ood_auroc"] = ood_auroc(scores["clean"], scores["other"])
-    out["temperature"] = float(ckpt.calibration.temperature)
+    out["temperature"] = ckpt.temperature
     return out
 
 
