@@ -548,7 +548,11 @@ class Calibration:
             }
         tta = None
         if self.tta is not None:
-            tta = {"temperature": float(self.tta.temperature), "views": self.tta.views}
+            tta = {
+                "temperature": float(self.tta.temperature),
+                "views": self.tta.views,
+                "num_calibration": len(self.tta.conformal.scores),
+            }
         return {
             "temperature": float(self.temperature),
             "coverage": float(self.coverage),
@@ -569,6 +573,7 @@ class Calibration:
         out = {"conformal_scores": self.conformal.scores, "conformal_labels": self.conformal.labels}
         if self.tta is not None:
             out["tta_conformal_scores"] = self.tta.conformal.scores
+            out["tta_conformal_labels"] = self.tta.conformal.labels
         if self.ood is not None:
             out |= {
                 "ood_means": np.stack([m.means for m in self.ood.members]),
@@ -584,7 +589,7 @@ class Calibration:
             raise CheckpointError(f"calibration meta lacks {missing}")
         ood_meta, tta_meta = meta["ood"], meta.get("tta")
         expected = set(TENSOR_KEYS) | (set(OOD_TENSOR_KEYS) if ood_meta is not None else set())
-        expected |= {"tta_conformal_scores"} if tta_meta is not None else set()
+        expected |= {"tta_conformal_scores", "tta_conformal_labels"} if tta_meta is not None else set()
         if set(tensors) != expected:
             raise CheckpointError(
                 f"calibration tensors {sorted(tensors)} do not match the meta (ood "
@@ -603,7 +608,11 @@ class Calibration:
                 )
             tta = None
             if tta_meta is not None:
-                scores = ConformalScores(tensors["tta_conformal_scores"], labels, num_classes)
+                scores = ConformalScores(tensors["tta_conformal_scores"], tensors["tta_conformal_labels"], num_classes)
+                if len(scores.scores) != tta_meta["num_calibration"]:
+                    raise CalibrationError(
+                        f"{len(scores.scores)} TTA conformal scores, meta says {tta_meta['num_calibration']}"
+                    )
                 tta = ViewCalibration(float(tta_meta["temperature"]), scores, int(tta_meta["views"]))
             return cls(
                 temperature=float(meta["temperature"]),
@@ -629,7 +638,8 @@ def _ood_from(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> OODDetect
 
 
 def fit_view_calibration(view_logits: Any, labels: Any, num_classes: int) -> ViewCalibration:
-    """Temperature and conformal scores of TTA predictions from (V, N, C) out-of-fold logits of V views."""
+    """Temperature and conformal scores of TTA predictions from (V, N, C) out-of-fold logits of V views (N may be a
+    random subset of the calibration images: conformal sets only need exchangeable ones)."""
     z = _views(view_logits)
     temperature = fit_temperature(z, labels)
     return ViewCalibration(temperature, fit_conformal(softmax(z, temperature), labels, num_classes), len(z))
@@ -642,6 +652,7 @@ def fit_calibration(
     features: Any = None,
     *,
     view_logits: Any = None,
+    view_labels: Any = None,
     coverage: float = DEFAULT_COVERAGE,
     false_alarm: float = DEFAULT_FALSE_ALARM,
     ood_holdout: float = OOD_HOLDOUT,
@@ -649,13 +660,16 @@ def fit_calibration(
 ) -> Calibration:
     """Temperature first, conformal scores on the temperature-scaled OOF probabilities, then (with features) the
     Mahalanobis statistics on 1 - `ood_holdout` of the images and the threshold on the rest (see `ood_split`).
-    `view_logits` (V, N, C; the TTA views of the same images) adds the TTA calibration."""
+    `view_logits` (V, M, C: the TTA views of the images `view_labels` label, default the same N) adds the TTA
+    calibration."""
     coverage = check_coverage(coverage)
     if features is not None:
         check_false_alarm(false_alarm)
     temperature = fit_temperature(logits, labels)
     conformal = fit_conformal(softmax(logits, temperature), labels, num_classes)
-    tta = fit_view_calibration(view_logits, labels, num_classes) if view_logits is not None else None
+    tta = None
+    if view_logits is not None:
+        tta = fit_view_calibration(view_logits, labels if view_labels is None else view_labels, num_classes)
     notes: list[str] = []
     for name, t in (("temperature", temperature), ("TTA temperature", tta.temperature if tta else 1.0)):
         if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:

@@ -215,7 +215,7 @@ def fold_outputs(
             raise
         print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
         return None
-    oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta)
+    oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed)
     save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
     calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
     print(

@@ -25,7 +25,7 @@ from cellnet.calibrate import (
     prediction_sets,
     softmax,
 )
-from cellnet.errors import CheckpointError, ConfigError
+from cellnet.errors import CalibrationError, CheckpointError, ConfigError
 
 C = 8
 # One rare class (~3%, like basophils in a small lab's data) that the model also finds harder.
@@ -297,3 +297,27 @@ def test_reports_count_what_they_say() -> None:
 
     assert ood_auroc(np.array([0.1, 0.2]), np.array([0.15, 0.3])) == 0.75
     assert np.isnan(ood_auroc(np.array([0.1]), np.array([])))
+
+
+def test_a_tta_calibration_on_a_subset_round_trips_and_is_checked(fitted) -> None:
+    """TTA's own temperature and conformal scores, fitted on a random subset of the images (8 views each), travel
+    with their own labels; apply() picks them for 8 views and refuses any other number of views."""
+    cal, logits, features = fitted
+    rng = np.random.default_rng(3)
+    subset = rng.permutation(len(logits))[:250]
+    labels = np.argmax(logits, axis=1)
+    views = logits[None, subset] + rng.normal(scale=0.3, size=(8, 250, logits.shape[1]))
+    with_tta = fit_calibration(logits, labels, 4, features, view_logits=views, view_labels=labels[subset])
+    assert with_tta.tta is not None and len(with_tta.tta.conformal.scores) == 250
+    meta, tensors = stored(with_tta)
+    back = Calibration.from_parts(meta, tensors)
+    assert back.tta is not None and back.tta.temperature == with_tta.tta.temperature
+    np.testing.assert_array_equal(back.tta.conformal.labels, labels[subset])
+    eight = back.apply(np.repeat(logits[None, :10], 8, axis=0))
+    assert eight.views == 8 and eight.sets.shape == (10, 4)
+    with pytest.raises(CalibrationError, match="not on 4 averaged views"):
+        back.apply(np.repeat(logits[None, :10], 4, axis=0))
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    tensors["tta_conformal_labels"] = tensors["tta_conformal_labels"][:-1]
+    with pytest.raises(CheckpointError, match="labels|TTA"):
+        Calibration.from_parts(meta, tensors)
