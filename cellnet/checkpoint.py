@@ -22,7 +22,6 @@ scores, OOD statistics) as `calibration.safetensors`, whose sha256 cellnet.json 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -40,7 +39,7 @@ from torch import nn
 
 from cellnet.config import TRAIN_FIELDS, TrainConfig
 from cellnet.errors import CheckpointError
-from cellnet.files import jsonable, replace_dir, write_json
+from cellnet.files import jsonable, replace_dir, sha256_file, write_json
 from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
 
 if TYPE_CHECKING:
@@ -172,7 +171,7 @@ def save_checkpoint(
             "metrics": jsonable(metrics),
             "versions": _versions(),
             "provenance": jsonable(provenance or {}),
-            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
             "ensemble": (
                 {"members": len(model.members), "combine": "mean_softmax"} if isinstance(model, FoldEnsemble) else None
             ),
@@ -181,7 +180,7 @@ def save_checkpoint(
         if calibration is not None:
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in calibration.to_tensors().items()}
             save_file(tensors, str(tmp / CALIBRATION), metadata={"format": FORMAT})
-            meta["calibration"] = {**calibration.to_meta(), "tensors_sha256": _sha256(tmp / CALIBRATION)}
+            meta["calibration"] = {**calibration.to_meta(), "tensors_sha256": sha256_file(tmp / CALIBRATION)}
         write_json(tmp / META, meta, fsync=True)
         os.chmod(tmp, 0o755)
         replace_dir(tmp, out)
@@ -219,7 +218,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     for key in ("classes", "image_size", "mean", "std", "config", "weights_sha256"):
         if key not in meta:
             raise CheckpointError(f"{meta_path}: key {key!r} is missing")
-    digest = _sha256(weights_path)
+    digest = sha256_file(weights_path)
     if digest != meta["weights_sha256"]:
         raise CheckpointError(
             f"{weights_path}: sha256 {digest[:12]}… does not match the {meta['weights_sha256'][:12]}… recorded in "
@@ -265,7 +264,7 @@ def _calibration_from(meta: Any, tensors_path: Path) -> Calibration | None:
 
     if not isinstance(meta, dict) or not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path.parent}: incomplete checkpoint, {tensors_path.name} is missing")
-    digest = _sha256(tensors_path)
+    digest = sha256_file(tensors_path)
     if digest != meta.get("tensors_sha256"):
         raise CheckpointError(f"{tensors_path}: sha256 does not match the one recorded in {META}; changed or truncated")
     try:
@@ -338,11 +337,3 @@ def _versions() -> dict[str, str]:
         "timm": timm.__version__,
         "python": platform.python_version(),
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

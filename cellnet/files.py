@@ -5,6 +5,7 @@ Every output cellnet or the search writes (checkpoints, reports, CSVs, summary.j
     with atomic_path(path) as tmp:      # write tmp (same folder, so the rename is atomic), then os.replace
         ...
     write_json(path, obj)               # jsonable(obj) -> strict JSON (NaN/inf -> null), atomically
+    sha256_file(path)                   # the fingerprint a checkpoint or the weights cache records
     replace_dir(new_dir, dest)          # a finished directory takes dest's place with no moment without dest
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import math
 import os
@@ -37,6 +39,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (checkpoint integrity, the weights cache's key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -19,7 +19,6 @@ with `torch.load(weights_only=True)`, which accepts tensors and containers only.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from cellnet.errors import CheckpointError, ConfigError
-from cellnet.files import atomic_path
+from cellnet.files import atomic_path, sha256_file
 
 CACHE_ENV = "CELLNET_CACHE_DIR"
 PRETRAINED_CHOICES = (False, True, "auto")
@@ -240,21 +239,13 @@ def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module, layout
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def converted_file(entry: WeightsPackage, path: Path) -> Path:
     """The package's weights converted to timm's layout as safetensors in the cache (converted on first use, keyed
     by the source file's sha256, written atomically; every later fold worker and refit reads it directly)."""
     import timm
     from safetensors.torch import save_file
 
-    dest = cache_dir() / "weights" / f"{entry.backbone}-{_sha256(path)[:16]}.safetensors"
+    dest = cache_dir() / "weights" / f"{entry.backbone}-{sha256_file(path)[:16]}.safetensors"
     if dest.is_file():
         return dest
     try:
