@@ -62,6 +62,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lite0_zoom_am": {**LITE, "zoom_aug": 1.0, "aug_policy": "augmix", "aug_magnitude": 0.5},
     "lite0_zoom_ta": {**LITE, "zoom_aug": 1.0, "aug_policy": "trivialaugment", "aug_magnitude": 0.5},
     "lite0_zoom_stain_am": {**LITE, "zoom_aug": 1.0, "stain_aug": 0.5, "aug_policy": "augmix", "aug_magnitude": 0.5},
+    "lite0_ra_e10": {**LITE, "epochs": 10, "aug_policy": "randaugment", "aug_magnitude": 0.5},
+    "lite0_zoom_ra_e10": {**LITE, "epochs": 10, "zoom_aug": 1.0, "aug_policy": "randaugment", "aug_magnitude": 0.5},
 }
 OTHER = {"crop200": "full", "full": "crop200"}
 GRADED = ("graded_randaugment", "graded_augmix")

@@ -29,7 +29,7 @@ from cellnet.calibrate import Calibration, OODDetector
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
-from cellnet.errors import CellnetError, CheckpointError
+from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
 from cellnet.predict import infer
 from search.data import SearchData
@@ -175,7 +175,11 @@ def deploy(
         sections["retrain"]["wall_s"] = time.time() - started  # the whole run up to a deployable refit
     prune_fold_files(run_dir, win.trial_id, win.best_epoch)
     if loaded.test is not None and deployed:
-        tested = test_deployed(cfg, run_dir, deployed, loaded.test)
+        try:
+            tested = test_deployed(cfg, run_dir, deployed, loaded.test)
+        except CellnetError as e:  # scoring is a report: the deployment stands without it
+            print(f"warning: the --test set could not be scored: {e}", file=sys.stderr)
+            tested = {"error": " ".join(str(e).split())}
         sections["test"] = {**(loaded.test_summary(cfg.data.test) or {}), **tested}
     update_summary(run_dir, **sections)
     return {
@@ -203,21 +207,24 @@ def fold_outputs(
     cfg: ExperimentConfig, run_dir: Path, win: Winner, loaded: SearchData, *, required: bool
 ) -> WinnerFolds | None:
     """Load the winner's fold models, write oof.npz, fit the calibration. With `required=False` (a refit-only
-    deployment) a problem with the fold files is a warning and the refit is deployed uncalibrated."""
+    deployment) a problem with the fold files or the calibration (e.g. a class too rare for the OOD statistics of a
+    fold) is a warning and the refit is deployed uncalibrated."""
     data = loaded.data
     config = cfg.train_config(win.params, epochs=cfg.search.max_epochs)
     try:
         members = load_fold_models(
             config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
         )
-    except CheckpointError as e:
+        oof = out_of_fold(
+            members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed
+        )
+        save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
+        calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
+    except (CheckpointError, CalibrationError) as e:
         if required:
             raise
         print(f"warning: {e}; the refit is deployed without calibration", file=sys.stderr)
         return None
-    oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed)
-    save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
-    calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
     print(
         f"out-of-fold predictions of {win.trial_id} (epoch {win.best_epoch}): accuracy {oof.accuracy():.4f} "
         f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f}"

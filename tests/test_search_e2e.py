@@ -339,3 +339,34 @@ def test_search_retrain_calibrates_the_winner_and_says_why_not_for_others(
     assert main([str(run), "--trial", other, "--out", str(tmp_path / "other"), "--epochs", "1"]) == 0
     assert "not calibrated: the fold models of trial" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "other").calibration is None
+
+
+def test_a_calibration_that_cannot_be_fitted_is_a_warning_for_a_refit_and_an_error_for_an_ensemble(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One fold's validation images without a class: its OOD statistics cannot be fitted. A refit is still deployed
+    (uncalibrated, said in one warning line); an ensemble, which is nothing but those fold models, is refused."""
+    import dataclasses
+    import shutil
+
+    from cellnet.config import load_config
+    from cellnet.errors import CalibrationError
+    from search.data import load_data
+    from search.results import Winner
+    from search.winner import fold_outputs
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tune", "tensorboard", "report"))
+    cfg = load_config(copy / "search_config.yaml")
+    loaded = load_data(cfg, for_search=False)
+    (train0, val0), (train1, val1) = loaded.folds
+    gone = val0[loaded.data.labels[val0] == 0]  # class 0 leaves fold 0's validation for fold 1's
+    folds = [(np.union1d(train0, gone), np.setdiff1d(val0, gone)), (np.setdiff1d(train1, gone), np.union1d(val1, gone))]
+    bad = dataclasses.replace(loaded, folds=folds)
+    summary = json.loads((copy / "summary.json").read_text())["best"]
+    win = Winner(summary["trial_id"], summary["params"], summary["best_epoch"], 1, 1, {})
+    assert fold_outputs(cfg, copy, win, bad, required=False) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning:") and "deployed without calibration" in err[0]
+    with pytest.raises(CalibrationError, match="every class"):
+        fold_outputs(cfg, copy, win, bad, required=True)
