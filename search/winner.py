@@ -215,9 +215,7 @@ def fold_outputs(
         members = load_fold_models(
             config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
         )
-        oof = out_of_fold(
-            members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed
-        )
+        oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed)
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
     except (CheckpointError, CalibrationError) as e:
