@@ -7,7 +7,8 @@
                              grouped stratified 80/20 split; nothing of the 20% is seen by anything that trains.
     design_split(size)       the inner 80/20 holdout of split 0's training part: where settings are chosen (other
                              seeds and framings: the same inner holdout of that split, for choices over seeds).
-    FIRST_TRIAL              spaces/cpu_small.yaml's first-trial recipe as TrainConfig fields (device: cpu).
+    FIRST_TRIAL              round 2's first trial of spaces/cpu_small.yaml (resnet10t from scratch) as TrainConfig
+                             fields (device: cpu): the base the recipes of bench_pretrained/bench_robustness modify.
 
 Never used by tests (tests must not depend on ../shared).
 """

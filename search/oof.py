@@ -60,6 +60,11 @@ class OutOfFold:
     def accuracy(self) -> float:
         return float((self.logits.argmax(axis=1) == self.labels).mean()) if len(self.labels) else float("nan")
 
+    @property
+    def view_labels(self) -> np.ndarray | None:
+        """The labels of the images `views` holds (M, in `views_index` order); None without TTA views."""
+        return None if self.views_index is None else self.labels[self.views_index]
+
 
 def trial_folds_dir(run_dir: Path, trial_id: str) -> Path:
     return Path(run_dir) / TRAIN_DIR / trial_id / FOLDS_DIR

@@ -234,7 +234,14 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
     """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
     from cellnet.calibrate import fit_calibration, fit_ood_held_out, ood_threshold
 
-    cal = fit_calibration(oof.logits, oof.labels, num_classes, view_logits=oof.views, coverage=cfg.calibration.coverage)
+    cal = fit_calibration(
+        oof.logits,
+        oof.labels,
+        num_classes,
+        view_logits=oof.views,
+        view_labels=oof.view_labels,
+        coverage=cfg.calibration.coverage,
+    )
     if oof.features is None:
         return cal
     stats, thresholds = [], []

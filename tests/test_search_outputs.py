@@ -495,3 +495,24 @@ def test_console_reporter_prints_a_line_per_event_and_the_demo_fits_in_60_lines(
     assert not any("│" in ln or "Trial status" in ln for ln in lines)
     board = results.format_leaderboard(cfg, results.trials_table(cfg, records, num_classes=8, measure_cost=False))
     assert len(lines) + len(board.splitlines()) <= 60
+
+
+def test_the_tta_calibration_of_a_subset_uses_that_subsets_labels(tmp_path: Path) -> None:
+    """More out-of-fold images than the TTA cap (2,000 in a real search; 30 here): the views cover a seeded subset, and
+    the ensemble's calibration pairs them with that subset's labels (it once passed all labels: a ValueError that
+    deployed the refit uncalibrated on any data set over 2,000 images)."""
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.data.synthetic import generate
+    from search.oof import out_of_fold
+    from search.winner import fit_ensemble_calibration
+    from tests.test_cli import TINY_SIZE, train_tiny
+
+    ckpt = load_checkpoint(train_tiny(tmp_path, n=120)[0])
+    data = generate(n=100, image_size=TINY_SIZE, seed=5)
+    folds = [(np.arange(50, 100), np.arange(50)), (np.arange(50), np.arange(50, 100))]
+    members = [ckpt.model, ckpt.model]
+    oof = out_of_fold(members, ckpt.config, data, folds, features=True, tta=True, tta_images=30, seed=3)
+    assert oof.views is not None and oof.views.shape == (8, 30, len(data.classes))
+    assert oof.view_labels is not None and np.array_equal(oof.view_labels, data.labels[oof.views_index])
+    cal = fit_ensemble_calibration(oof, folds, len(data.classes), make_cfg())
+    assert cal.tta is not None and cal.tta.views == 8 and cal.ood is not None
