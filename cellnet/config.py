@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cellnet.constants import DEFAULT_IMAGE_SIZE
+from cellnet.constants import DEFAULT_FEATURES, DEFAULT_IMAGE_SIZE, FEATURE_KINDS
 from cellnet.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "radam", "ranger")
@@ -222,11 +222,14 @@ class RetrainSpec:
 class CalibrationSpec:
     """How the deployed checkpoints are calibrated on the winner's out-of-fold predictions (cellnet/calibrate.py):
     the default coverage of prediction sets (`cellnet predict --coverage` overrides it), the false-alarm rate the
-    OOD threshold is set for, and whether predicting with `--tta` is calibrated too (scores every training image
-    under the 8 dihedral views once more: 8 inference passes, no training)."""
+    OOD threshold is set for, what the OOD score measures (`ood_features`: cellnet.constants.FEATURE_KINDS; decision
+    0010: with the penultimate stage's statistics it sees cells framed smaller, and flags more mild shifts), and
+    whether predicting with `--tta` is calibrated too (scores every training image under the 8 dihedral views once
+    more: 8 inference passes, no training)."""
 
     coverage: float = 0.95
     ood_false_alarm: float = 0.05
+    ood_features: str = DEFAULT_FEATURES
     tta: bool = True
 
 
@@ -548,6 +551,10 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             isinstance(cfg.calibration.ood_false_alarm, float) and 0.0 < cfg.calibration.ood_false_alarm < 1.0,
             f"calibration.ood_false_alarm must be in (0, 1), got {cfg.calibration.ood_false_alarm!r}",
+        ),
+        (
+            cfg.calibration.ood_features in FEATURE_KINDS,
+            f"calibration.ood_features must be one of {list(FEATURE_KINDS)}, got {cfg.calibration.ood_features!r}",
         ),
         (isinstance(cfg.calibration.tta, bool), f"calibration.tta must be true or false, got {cfg.calibration.tta!r}"),
         (

@@ -24,3 +24,9 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 DEFAULT_IMAGE_SIZE = 96
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# What an out-of-distribution score measures distances in (`cellnet.model.CellNet.forward_with_features`):
+# calibrations written before round 3's decision 0010 measured POOLED only (their meta names no kind).
+POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS = "pooled", "stage_stats", "pooled+stage_stats"
+FEATURE_KINDS: tuple[str, ...] = (POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS)
+DEFAULT_FEATURES = POOLED_AND_STAGE_STATS  # what a new calibration measures where the backbone gives its stages

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cellnet.config import TrainConfig
-from cellnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, IMAGENET_MEAN, IMAGENET_STD, POOLED, STAGE_STATS
 from cellnet.errors import CheckpointError, ConfigError
 
 
@@ -32,11 +33,40 @@ class CellNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits N×C, the backbone's pooled features N×D: the head's input) from one pass. The features are what
-        the out-of-distribution score measures distances in."""
-        features = self.backbone(x)
-        return self.head(features), features.float()
+    @property
+    def feature_kind(self) -> str:
+        """The features a new OOD calibration of this model measures by default (`supported_features`)."""
+        return self.supported_features(DEFAULT_FEATURES)
+
+    def supported_features(self, kind: str) -> str:
+        """`kind` where this backbone can give it, else "pooled": stage statistics need its intermediate stages
+        (every timm model with `forward_intermediates`)."""
+        return kind if kind == POOLED or hasattr(self.backbone, "forward_intermediates") else POOLED
+
+    def forward_with_features(self, x: torch.Tensor, kind: str = POOLED) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits N×C, features N×D) from one pass; the features are what the out-of-distribution score measures
+        distances in, `kind` one of `FEATURE_KINDS`:
+
+        - "pooled": the backbone's globally pooled last-stage features (the head's input). Pooling makes them
+          nearly blind to scale: a cell framed 1.8x smaller gives much the same vector.
+        - "stage_stats": the per-channel mean and standard deviation of the penultimate stage's feature map, which
+          move when the cell's size, texture or staining does.
+        - "pooled+stage_stats": both, concatenated.
+        """
+        if kind == POOLED:
+            pooled = self.backbone(x)
+            return self.head(pooled), pooled.float()
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+        backbone: Any = self.backbone  # a timm model: its stage API is not typed on nn.Module
+        if not hasattr(backbone, "forward_intermediates"):
+            raise CheckpointError(f"{type(backbone).__name__} gives no intermediate stages for {kind!r} features")
+        final, stages = backbone.forward_intermediates(x, indices=2, intermediates_only=False)
+        pooled = backbone.forward_head(final, pre_logits=True)
+        stage = stages[0].float()
+        stats = torch.cat([stage.mean(dim=(2, 3)), stage.std(dim=(2, 3), correction=0)], dim=1)
+        features = stats if kind == STAGE_STATS else torch.cat([pooled.float(), stats], dim=1)
+        return self.head(pooled), features
 
 
 class FoldEnsemble(nn.Module):
@@ -55,10 +85,16 @@ class FoldEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._combine([m(x) for m in self.members])
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def feature_kind(self) -> str:
+        first = self.members[0]
+        assert isinstance(first, CellNet)
+        return first.feature_kind
+
+    def forward_with_features(self, x: torch.Tensor, kind: str = POOLED) -> tuple[torch.Tensor, torch.Tensor]:
         """(the ensemble's log mean softmax N×C, each member's features k×N×D in its own feature space), one pass
         per member."""
-        outs = [m.forward_with_features(x) for m in self.members]  # type: ignore[operator]
+        outs = [m.forward_with_features(x, kind) for m in self.members]  # type: ignore[operator]
         return self._combine([logits for logits, _ in outs]), torch.stack([f for _, f in outs])
 
     def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:

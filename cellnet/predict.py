@@ -77,11 +77,13 @@ def preprocess(
 class Inference:
     """Raw fp32 outputs of one pass of a checkpoint over N images: `logits` N×C of the identity view (an ensemble's:
     its log mean softmax); with TTA `views` V×N×C, the outputs of all 8 dihedral views (view 0 = identity); and the
-    identity view's penultimate features when asked (N×D, or k×N×D for a fold ensemble's members)."""
+    identity view's features when asked (N×D, or k×N×D for a fold ensemble's members), of `feature_kind`
+    (`cellnet.constants.FEATURE_KINDS`)."""
 
     logits: np.ndarray
     views: np.ndarray | None = None
     features: np.ndarray | None = None
+    feature_kind: str | None = None
 
     def all_views(self) -> np.ndarray:
         """V×N×C with TTA, else the N×C logits: what a calibration is applied to (`Calibration.apply`)."""
@@ -117,11 +119,14 @@ def infer(
     batch_size: int = 256,
     tta: bool = False,
     features: bool = False,
+    feature_kind: str | None = None,
     on_batch: Callable[[int], object] | None = None,
 ) -> Inference:
     """Run `checkpoint` (model, image_size, input_size, mean, std, classes) over uint8 images N×S×S×3 on the device
     its model is on, in fp32 (also on CUDA: what a calibration was fitted on must be what it is applied to), logits
     and features from the same forward pass. With `tta` every image is also seen in the 7 other dihedral views.
+    The features are of `feature_kind`; default: what the checkpoint's OOD calibration measured, or, without one,
+    what a new calibration of this model would (`CellNet.feature_kind`).
     `on_batch(n)` is called after each batch with its size (progress bars)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"expected uint8 images N×S×S×3, got {images.dtype} {images.shape}")
@@ -129,6 +134,7 @@ def infer(
         raise CellnetError(f"batch size must be >= 1, got {batch_size}")
     model = checkpoint.model
     model.eval()
+    kind = feature_kind or checkpoint_feature_kind(checkpoint)
     n, c = len(images), len(checkpoint.classes)
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     logits = np.empty((len(views), n, c), dtype=np.float32)
@@ -140,7 +146,7 @@ def infer(
             for i, (k, flip) in enumerate(views):
                 view = _dihedral(x, k, flip)
                 if features and i == 0:
-                    out, f = model.forward_with_features(view)
+                    out, f = model.forward_with_features(view, kind)
                     f_np = f.float().cpu().numpy()
                     if feats is None:
                         feats = np.empty((*f_np.shape[:-2], n, f_np.shape[-1]), dtype=np.float32)
@@ -151,7 +157,15 @@ def infer(
             start += len(x)
             if on_batch is not None:
                 on_batch(len(x))
-    return Inference(logits[0], logits if tta else None, feats)
+    return Inference(logits[0], logits if tta else None, feats, kind if features else None)
+
+
+def checkpoint_feature_kind(checkpoint: Checkpoint) -> str:
+    """The features `checkpoint`'s OOD statistics were fitted on, or (none) those a new calibration would use."""
+    calibration = checkpoint.calibration
+    if calibration is not None and calibration.ood is not None:
+        return calibration.ood.features
+    return str(checkpoint.model.feature_kind)
 
 
 @dataclass
@@ -221,7 +235,7 @@ def _adapted(
     if model is checkpoint.model:
         return plain, adaptation
     out = infer(dataclasses.replace(checkpoint, model=model), images, batch_size=batch_size, tta=tta)
-    return Inference(out.logits, out.views, plain.features), adaptation
+    return Inference(out.logits, out.views, plain.features, plain.feature_kind), adaptation
 
 
 def predict_images(

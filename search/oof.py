@@ -53,7 +53,8 @@ class OutOfFold:
     labels: np.ndarray  # N int64
     ids: np.ndarray  # N str
     fold: np.ndarray  # N int64: which fold model scored the image (= the fold it was validated in)
-    features: np.ndarray | None = None  # N×D penultimate features of the scoring member (for the OOD score)
+    features: np.ndarray | None = None  # N×D features of the scoring member (for the OOD score) ...
+    feature_kind: str | None = None  # ... of this kind (cellnet.constants.FEATURE_KINDS)
     views: np.ndarray | None = None  # V×M×C outputs under the 8 dihedral views of the images `views_index` names
     views_index: np.ndarray | None = None  # M rows (a random subset of at most TTA_IMAGES): the TTA calibration's
 
@@ -108,39 +109,42 @@ def out_of_fold(
     folds: list[tuple[np.ndarray, np.ndarray]],
     *,
     features: bool = False,
+    feature_kind: str | None = None,
     tta: bool = False,
     tta_images: int = TTA_IMAGES,
     seed: int = 0,
     batch_size: int = 256,
 ) -> OutOfFold:
     """Member i scores validation fold i; the folds partition the data, so every image is scored exactly once, its
-    logits and features from one pass (`cellnet.predict.infer`). With `tta` a random subset of at most `tta_images`
-    images (seeded) is also scored under all 8 dihedral views: conformal sets need exchangeable calibration images,
-    not all of them, and 8 passes over 7,000 images would cost minutes."""
+    logits and features (of `feature_kind`; default: `cellnet.predict.infer`'s) from one pass. With `tta` a random
+    subset of at most `tta_images` images (seeded) is also scored under all 8 dihedral views: conformal sets need
+    exchangeable calibration images, not all of them, and 8 passes over 7,000 images would cost minutes."""
     if len(members) != len(folds):
         raise ValueError(f"{len(members)} fold models for {len(folds)} folds")
     n, c = len(data), len(data.classes)
     logits = np.full((n, c), np.nan, dtype=np.float32)
     fold = np.full(n, -1, dtype=np.int64)
     feats: np.ndarray | None = None
+    kind: str | None = None
     chosen = np.sort(np.random.default_rng(seed).permutation(n)[:tta_images]) if tta else np.zeros(0, dtype=np.int64)
     views = np.full((8, len(chosen), c), np.nan, dtype=np.float32)
     for i, (model, (_, val)) in enumerate(zip(members, folds, strict=True)):
         ckpt = as_checkpoint(model, config, data)
-        out = infer(ckpt, data.images[val], batch_size=batch_size, features=features)
+        out = infer(ckpt, data.images[val], batch_size=batch_size, features=features, feature_kind=feature_kind)
         logits[val] = out.logits
         fold[val] = i
         if out.features is not None:
             if feats is None:
                 feats = np.full((n, out.features.shape[-1]), np.nan, dtype=np.float32)
             feats[val] = out.features
+            kind = out.feature_kind
         mine = np.flatnonzero(np.isin(chosen, val))  # positions in `chosen` of this fold's subset
         if len(mine):
             views[:, mine] = infer(ckpt, data.images[chosen[mine]], batch_size=batch_size, tta=True).all_views()
     if (fold < 0).any():
         raise ValueError(f"the folds leave {(fold < 0).sum()} images unscored; they must partition the data")
     labels, ids = data.labels.astype(np.int64), np.asarray(data.ids).astype(str)
-    return OutOfFold(logits, labels, ids, fold, feats, views if tta else None, chosen if tta else None)
+    return OutOfFold(logits, labels, ids, fold, feats, kind, views if tta else None, chosen if tta else None)
 
 
 def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str, epoch: int) -> Path:

@@ -20,6 +20,7 @@ multi-node cluster, like Tune's); the driver then loads it (a full integrity che
 CLI (a run's winner or any other trial, again):
 
     python -m search.retrain runs/quickstart --trial 5e3b1_00003 [--epochs N] [--out DIR]
+    python -m search.retrain runs/quickstart --recalibrate     # the deployed checkpoints' calibration, fitted again
 """
 
 from __future__ import annotations
@@ -395,6 +396,58 @@ def retrain_run(
     return path
 
 
+def recalibrate_run(run_dir: str | Path) -> list[str]:
+    """`python -m search.retrain RUN --recalibrate`: the calibration of every checkpoint the search deployed
+    (best/, best_folds/) fitted again, with this cellnet, from the winner's kept fold models -- e.g. an OOD flag on
+    the features a newer release measures (decision 0010) -- without training anything. Each checkpoint is
+    rewritten atomically; returns one line per checkpoint saying what changed."""
+    import json
+
+    from search.data import check_fingerprint, load_data
+    from search.paths import SUMMARY
+    from search.results import Winner, checkpoint_metrics, params_of, read_trials
+    from search.winner import calibrate_refit, fold_outputs
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / SUMMARY
+    for name in (SEARCH_CONFIG, TRIALS_CSV, SUMMARY):
+        if not (run_dir / name).is_file():
+            raise CellnetError(f"{run_dir}: {name} is missing; is this the directory of a finished search?")
+    summary = json.loads(summary_path.read_text())
+    best = summary.get("best") or {}
+    # the deployed directories' names (best, best_folds) inside this run directory: it may have been moved
+    deployed = {k: run_dir / Path(v).name for k, v in ((summary.get("deployment") or {}).get("deployed") or {}).items()}
+    if not best.get("trial_id") or not deployed:
+        raise CellnetError(f"{summary_path}: no deployed winner to recalibrate (deploy it first: --resume)")
+    cfg = load_config(run_dir / SEARCH_CONFIG)
+    trials = read_trials(run_dir)
+    row = trials[trials["trial_id"] == str(best["trial_id"])].iloc[0]
+    win = Winner(
+        str(best["trial_id"]),
+        params_of(row),
+        int(best["best_epoch"]),
+        int(best["retrain_epochs"]),
+        int(best["retrain_schedule_epochs"]),
+        checkpoint_metrics(row),
+    )
+    loaded = load_data(cfg, for_search=False)
+    check_fingerprint(run_dir, loaded.data, cfg.data.source, who="search.retrain --recalibrate")
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=True)
+    assert winner is not None  # required=True raises instead
+    lines = []
+    for name, path in sorted(deployed.items()):
+        before = load_checkpoint(path).calibration
+        if name == "refit":
+            calibrate_refit(path, cfg, loaded, winner, win)
+        else:
+            load_checkpoint(path).save(path, calibration=winner.calibration)
+        after = load_checkpoint(path).calibration
+        assert after is not None and after.ood is not None
+        was = before.ood.features if before is not None and before.ood is not None else "none"
+        lines.append(f"{path} ({name}): recalibrated; OOD features {was} -> {after.ood.features}")
+    return lines
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))
@@ -408,7 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain a trial of a finished search on all cleaned data and save a cellnet checkpoint.",
     )
     parser.add_argument("run_dir", help="the search's run directory (with search_config.yaml and trials.csv)")
-    parser.add_argument("--trial", required=True, help="trial id (column trial_id of trials.csv)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", help="trial id (column trial_id of trials.csv)")
+    which.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="train nothing: fit the calibration of the deployed best/ (and best_folds/) again with this cellnet, "
+        "from the winner's kept fold models (e.g. to give a checkpoint of an older release the current OOD flag)",
+    )
     parser.add_argument(
         "--epochs",
         type=int,
@@ -424,6 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_search_extra()
     try:
+        if args.recalibrate:
+            if args.epochs is not None or args.out is not None:
+                raise ConfigError(
+                    "--recalibrate trains nothing and rewrites the deployed checkpoints in place: "
+                    "it takes no --epochs or --out"
+                )
+            for line in recalibrate_run(args.run_dir):
+                print(line)
+            return 0
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         path = retrain_run(args.run_dir, args.trial, epochs=args.epochs, out_dir=args.out)

@@ -215,7 +215,17 @@ def fold_outputs(
         members = load_fold_models(
             config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
         )
-        oof = out_of_fold(members, config, data, loaded.folds, features=True, tta=cfg.calibration.tta, seed=cfg.cv.seed)
+        kind = members[0].supported_features(cfg.calibration.ood_features)
+        oof = out_of_fold(
+            members,
+            config,
+            data,
+            loaded.folds,
+            features=True,
+            feature_kind=kind,
+            tta=cfg.calibration.tta,
+            seed=cfg.cv.seed,
+        )
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
     except (CheckpointError, CalibrationError) as e:
@@ -249,7 +259,8 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
         s, held = fit_ood_held_out(oof.features[val], oof.labels[val], num_classes, seed=cfg.cv.seed + i)
         stats.append(s)
         thresholds.append(ood_threshold(held, cfg.calibration.ood_false_alarm))
-    detector = OODDetector(tuple(stats), tuple(thresholds), cfg.calibration.ood_false_alarm, "held-out")
+    kind = str(oof.feature_kind)
+    detector = OODDetector(tuple(stats), tuple(thresholds), cfg.calibration.ood_false_alarm, kind, "held-out")
     return dataclasses.replace(cal, ood=detector)
 
 
@@ -261,28 +272,29 @@ def fit_refit_ood(
     folds: Folds,
     oof: OutOfFold,
     false_alarm: float,
+    seed: int = 0,
 ) -> OODDetector:
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
-    data; threshold = its median seen score x the fold models' (unseen threshold / seen median), each fold model
-    with statistics fitted on its training folds (`cellnet.calibrate.transferred_threshold`)."""
-    from cellnet.calibrate import fit_mahalanobis, mahalanobis_score, transferred_threshold
+    data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
+    from statistics that did not see the image (`cellnet.calibrate.fit_ood_transferred`)."""
+    from cellnet.calibrate import fit_ood_transferred
 
     if oof.features is None:
         raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")
-    c = len(data.classes)
-    seen = _features(refit, config, data, data.images)
-    stats = fit_mahalanobis(seen, data.labels, c)
-    pairs = []
-    for model, (train, val) in zip(members, folds, strict=True):
-        own = _features(model, config, data, data.images[train])
-        s = fit_mahalanobis(own, data.labels[train], c)
-        pairs.append((mahalanobis_score(own, s), mahalanobis_score(oof.features[val], s)))
-    threshold = transferred_threshold(mahalanobis_score(seen, stats), pairs, false_alarm)
-    return OODDetector((stats,), (threshold,), false_alarm, "transferred")
+    kind = str(oof.feature_kind)
+    seen = _features(refit, config, data, data.images, kind)
+    per_fold = [
+        (_features(model, config, data, data.images[train], kind), data.labels[train], oof.features[val])
+        for model, (train, val) in zip(members, folds, strict=True)
+    ]
+    stats, threshold = fit_ood_transferred(seen, data.labels, len(data.classes), per_fold, false_alarm, seed=seed)
+    return OODDetector((stats,), (threshold,), false_alarm, kind, "transferred")
 
 
-def _features(model: CellNet | FoldEnsemble, config: TrainConfig, data: CellData, images: np.ndarray) -> np.ndarray:
-    features = infer(as_checkpoint(model, config, data), images, features=True).features
+def _features(
+    model: CellNet | FoldEnsemble, config: TrainConfig, data: CellData, images: np.ndarray, kind: str
+) -> np.ndarray:
+    features = infer(as_checkpoint(model, config, data), images, features=True, feature_kind=kind).features
     if features is None:
         raise ValueError("inference returned no features")
     return features
@@ -369,7 +381,14 @@ def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winne
     trained on (a winner the time budget cut, or `retrain.epochs: N`) says so in the calibration's notes."""
     ckpt = load_checkpoint(path)
     ood = fit_refit_ood(
-        ckpt.model, winner.members, ckpt.config, loaded.data, loaded.folds, winner.oof, cfg.calibration.ood_false_alarm
+        ckpt.model,
+        winner.members,
+        ckpt.config,
+        loaded.data,
+        loaded.folds,
+        winner.oof,
+        cfg.calibration.ood_false_alarm,
+        seed=cfg.cv.seed,
     )
     notes = winner.calibration.notes
     if win.retrain_schedule_epochs != cfg.search.max_epochs:

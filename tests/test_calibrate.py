@@ -17,6 +17,7 @@ from cellnet.calibrate import (
     fit_calibration,
     fit_conformal,
     fit_mahalanobis,
+    fit_ood_transferred,
     fit_temperature,
     flag_report,
     mahalanobis_score,
@@ -24,6 +25,7 @@ from cellnet.calibrate import (
     ood_threshold,
     prediction_sets,
     softmax,
+    transferred_threshold,
 )
 from cellnet.errors import CalibrationError, CheckpointError, ConfigError
 
@@ -191,7 +193,7 @@ def test_ood_false_alarms_match_the_stated_rate_and_far_points_are_flagged() -> 
     features, y = draw(4000)
     logits = rng.normal(size=(len(y), 4))
     logits[np.arange(len(y)), y] += 2.0
-    cal = fit_calibration(logits, y, 4, features, false_alarm=0.05)
+    cal = fit_calibration(logits, y, 4, features, feature_kind="pooled", false_alarm=0.05)
     assert cal.ood is not None
 
     fresh, fresh_y = draw(10_000)
@@ -205,6 +207,39 @@ def test_ood_false_alarms_match_the_stated_rate_and_far_points_are_flagged() -> 
     odd = cal.apply(np.zeros((203, 4)), np.vstack([far, strange]).astype(np.float32))
     assert odd.ood.all()
     assert ood_auroc(out.ood_score, odd.ood_score[:200]) == 1.0
+
+
+def test_features_without_their_kind_are_refused() -> None:
+    """predict must compute the features the statistics were fitted on: a calibration does not guess their kind."""
+    rng = np.random.default_rng(5)
+    features, y = gaussian_classes(8, rng)(200)
+    with pytest.raises(CalibrationError, match="feature_kind"):
+        fit_calibration(rng.normal(size=(200, 4)), y, 4, features)
+
+
+def test_a_refits_transferred_threshold_holds_its_false_alarm_rate() -> None:
+    """Decision 0010: fold models fitted on half the images bend their statistics towards them more than a refit on
+    all of them does; a ratio of in-sample medians carries that over into a threshold too high (too few flags).
+    Here training leaves no trace on a "seen" image (the refit's own images are draws like any other), so the right
+    threshold is the new images' 95% quantile: the held-out rule gets close to 5% false alarms."""
+    rng = np.random.default_rng(12)
+    draw = gaussian_classes(128, rng)
+    x, y = draw(1000)
+    halves = np.array_split(rng.permutation(1000), 2)
+    folds = [(x[a], y[a], x[b]) for a, b in (halves, halves[::-1])]
+    stats, threshold = fit_ood_transferred(x, y, 4, folds, 0.05, seed=1)
+    fresh, _ = draw(20_000)
+    held_out_rate = float(np.mean(mahalanobis_score(fresh, stats) > threshold))
+
+    in_sample = fit_mahalanobis(x, y, 4)
+    pairs = []
+    for own, own_y, unseen in folds:
+        s = fit_mahalanobis(own, own_y, 4)
+        pairs.append((mahalanobis_score(own, s), mahalanobis_score(unseen, s)))
+    old = transferred_threshold(mahalanobis_score(x, in_sample), pairs, 0.05)
+    in_sample_rate = float(np.mean(mahalanobis_score(fresh, in_sample) > old))
+    assert 0.03 <= held_out_rate <= 0.08, (held_out_rate, in_sample_rate)
+    assert in_sample_rate < held_out_rate / 2, (in_sample_rate, held_out_rate)
 
 
 def test_ood_threshold_is_the_conformal_rank() -> None:
@@ -227,7 +262,7 @@ def fitted() -> tuple[Calibration, np.ndarray, np.ndarray]:
     features, y = gaussian_classes(16, rng)(600)
     logits = rng.normal(size=(600, 4))
     logits[np.arange(600), y] += 2.0
-    return fit_calibration(logits, y, 4, features, coverage=0.9), logits, features
+    return fit_calibration(logits, y, 4, features, feature_kind="pooled", coverage=0.9), logits, features
 
 
 def stored(cal: Calibration) -> tuple[dict, dict[str, np.ndarray]]:
@@ -245,6 +280,10 @@ def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
     a, b = cal.apply(logits, features), back.apply(logits, features)
     for key in ("probs", "sets", "set_size", "ood_score", "ood"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+
+    assert meta["ood"]["features"] == "pooled" and back.ood is not None and back.ood.features == "pooled"
+    del meta["ood"]["features"]  # written before the kind was recorded: those measured pooled features
+    assert Calibration.from_parts(meta, tensors).ood.features == "pooled"  # type: ignore[union-attr]
 
     plain = fit_calibration(logits, np.argmax(logits, axis=1), 4)
     meta, tensors = stored(plain)
@@ -267,6 +306,7 @@ def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
         (lambda m, t: m.update(temperature=-1.0), "temperature"),
         (lambda m, t: m.update(coverage=1.5), "coverage"),
         (lambda m, t: m["ood"].update(feature_dim=15), "meta says 15"),
+        (lambda m, t: m["ood"].update(features="logits"), "OOD features must be one of pooled, stage_stats"),
         (lambda m, t: m.pop("temperature"), "lacks"),
     ],
 )
@@ -307,7 +347,9 @@ def test_a_tta_calibration_on_a_subset_round_trips_and_is_checked(fitted) -> Non
     subset = rng.permutation(len(logits))[:250]
     labels = np.argmax(logits, axis=1)
     views = logits[None, subset] + rng.normal(scale=0.3, size=(8, 250, logits.shape[1]))
-    with_tta = fit_calibration(logits, labels, 4, features, view_logits=views, view_labels=labels[subset])
+    with_tta = fit_calibration(
+        logits, labels, 4, features, feature_kind="pooled", view_logits=views, view_labels=labels[subset]
+    )
     assert with_tta.tta is not None and len(with_tta.tta.conformal.scores) == 250
     meta, tensors = stored(with_tta)
     back = Calibration.from_parts(meta, tensors)

@@ -83,6 +83,10 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         ({"name": "x", "search": {"checkpoint_every": 0}}, "search.checkpoint_every must be an int >= 1 or null"),
         ({"name": "x", "retrain": {"mode": "bagging"}}, "retrain.mode must be one of ['refit', 'folds', 'both']"),
         ({"name": "x", "calibration": {"coverage": 1.0}}, "calibration.coverage must be in (0, 1)"),
+        (
+            {"name": "x", "calibration": {"ood_features": "logits"}},
+            "calibration.ood_features must be one of ['pooled', 'stage_stats', 'pooled+stage_stats'], got 'logits'",
+        ),
     ],
 )
 def test_bad_configs_name_the_key_and_file(tmp_path: Path, doc: dict, needle: str) -> None:

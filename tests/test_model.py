@@ -18,7 +18,15 @@ from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_sup
 
 from cellnet.augment import eval_transform, train_transform
 from cellnet.config import TrainConfig
-from cellnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from cellnet.constants import (
+    DEFAULT_FEATURES,
+    FEATURE_KINDS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    POOLED,
+    POOLED_AND_STAGE_STATS,
+    STAGE_STATS,
+)
 from cellnet.errors import CheckpointError, ConfigError
 from cellnet.metrics import classification_metrics
 from cellnet.model import build_model, model_normalisation
@@ -41,6 +49,29 @@ def test_head_fits_the_pooled_features(backbone: str) -> None:
     """mobilenetv3 returns head_hidden_size (1024) features, not num_features (288), once num_classes=0."""
     model = build_model(replace(CFG, backbone=backbone, head_layers=0), 4).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_vit"])
+def test_every_feature_kind_comes_from_the_pass_that_gives_the_logits(backbone: str) -> None:
+    """The OOD features (`FEATURE_KINDS`) cost no second pass and leave the logits exactly as `model(x)` gives them;
+    the stage statistics are the penultimate stage's per-channel mean and (population) std."""
+    model = build_model(replace(CFG, backbone=backbone, head_layers=0), 3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        logits = model(x)
+        pooled = model.backbone(x)
+        _, stages = model.backbone.forward_intermediates(x, indices=2)
+        stage = stages[0]
+        stats = torch.cat([stage.mean(dim=(2, 3)), stage.std(dim=(2, 3), correction=0)], dim=1)
+        out = {kind: model.forward_with_features(x, kind) for kind in FEATURE_KINDS}
+    expected = {POOLED: pooled, STAGE_STATS: stats, POOLED_AND_STAGE_STATS: torch.cat([pooled, stats], dim=1)}
+    for kind, (z, features) in out.items():
+        torch.testing.assert_close(z, logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features, expected[kind], rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(features).all(), kind
+    assert model.feature_kind == DEFAULT_FEATURES
+    with pytest.raises(ValueError, match="feature kind must be one of"):
+        model.forward_with_features(x, "logits")
 
 
 def test_unknown_backbone_names_alternatives() -> None:

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from cellnet.constants import DEFAULT_FEATURES
+
 pytestmark = pytest.mark.slow
 
 GOOD = {"backbone": "test_resnet", "head_layers": 0, "lr": 3.0e-3, "optimizer": "adamw"}
@@ -254,6 +256,7 @@ def test_deployed_checkpoints_carry_their_calibration_and_use_it(run: Path) -> N
         assert cal.temperature == pytest.approx(fit_temperature(oof["logits"], oof["labels"]), rel=1e-4)
         assert cal.tta.temperature == pytest.approx(fit_temperature(oof["views"], oof["labels"][chosen]), rel=1e-4)
         assert cal.ood.threshold_from == threshold_from and len(cal.ood.members) == members
+        assert cal.ood.features == DEFAULT_FEATURES  # decision 0010: the penultimate stage's statistics too
         out = predict_batch(ckpt, images)
         raw = infer(ckpt, images, features=True)
         np.testing.assert_allclose(out.probs, softmax(raw.logits, cal.temperature), atol=1e-6)
@@ -339,6 +342,47 @@ def test_search_retrain_calibrates_the_winner_and_says_why_not_for_others(
     assert main([str(run), "--trial", other, "--out", str(tmp_path / "other"), "--epochs", "1"]) == 0
     assert "not calibrated: the fold models of trial" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "other").calibration is None
+
+
+def test_recalibrate_refits_the_deployed_calibrations_in_place_without_training(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run deployed with an OOD flag on pooled features only (`calibration.ood_features: pooled`, what releases
+    before decision 0010 measured) gets the current flag from `search.retrain RUN --recalibrate`: the weights stay,
+    the calibrations are fitted again (in a moved run too)."""
+    import shutil
+
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.constants import POOLED
+    from cellnet.data import generate
+    from cellnet.predict import predict_batch
+    from search.retrain import main
+
+    copy = tmp_path / "moved"
+    shutil.copytree(run, copy)  # summary.json still names the original's best/: the copy's own must be rewritten
+    config = copy / "search_config.yaml"
+    current = config.read_text()
+    as_before = yaml.safe_load(current)
+    as_before["calibration"]["ood_features"] = POOLED
+    config.write_text(yaml.safe_dump(as_before))
+    assert main([str(copy), "--recalibrate"]) == 0
+    capsys.readouterr()
+    weights = {name: (copy / name / "model.safetensors").read_bytes() for name in ("best", "best_folds")}
+    assert {load_checkpoint(copy / n).calibration.ood.features for n in weights} == {POOLED}  # type: ignore[union-attr]
+    config.write_text(current)
+    assert main([str(copy), "--recalibrate"]) == 0
+    out = [line for line in capsys.readouterr().out.splitlines() if "recalibrated" in line]
+    assert len(out) == 2 and all(f"OOD features {POOLED} -> {DEFAULT_FEATURES}" in line for line in out), out
+    images = generate(40, 32, seed=23).images
+    for name, content in weights.items():
+        assert (copy / name / "model.safetensors").read_bytes() == content  # nothing was trained
+        ckpt = load_checkpoint(copy / name)
+        assert ckpt.calibration is not None and ckpt.calibration.ood is not None
+        assert ckpt.calibration.ood.features == DEFAULT_FEATURES
+        assert predict_batch(ckpt, images).calibrated.ood_score is not None  # type: ignore[union-attr]
+    assert load_checkpoint(run / "best").calibration.ood.features == DEFAULT_FEATURES  # type: ignore[union-attr]
+    assert main([str(copy), "--recalibrate", "--epochs", "2"]) == 2
+    assert "takes no --epochs" in capsys.readouterr().err
 
 
 def test_a_calibration_that_cannot_be_fitted_is_a_warning_for_a_refit_and_an_error_for_an_ensemble(

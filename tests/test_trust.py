@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cellnet.calibrate import OODDetector, fit_calibration, fit_ood_held_out, ood_threshold
 from cellnet.checkpoint import load_checkpoint
@@ -32,7 +33,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     assert out.features is not None
     cal = fit_calibration(out.logits, held.labels, len(ckpt.classes), coverage=0.9)
     stats, scores = fit_ood_held_out(out.features, held.labels, len(ckpt.classes))
-    cal = dataclasses.replace(cal, ood=OODDetector((stats,), (ood_threshold(scores, 0.05),), 0.05))
+    cal = dataclasses.replace(
+        cal, ood=OODDetector((stats,), (ood_threshold(scores, 0.05),), 0.05, str(out.feature_kind))
+    )
     calibrated = ckpt.save(root / "calibrated", calibration=cal)
     test = save_npz(generate(n=200, image_size=TINY_SIZE, seed=12), root / "test.npz")
     return plain, calibrated, test
@@ -47,7 +50,15 @@ def tta_calibrated(checkpoints: tuple[Path, Path, Path], tmp_path_factory: pytes
     held = generate(n=600, image_size=TINY_SIZE, seed=13)
     out = infer(ckpt, held.images, features=True, tta=True)
     assert out.views is not None and out.views.shape[0] == 8
-    cal = fit_calibration(out.logits, held.labels, len(ckpt.classes), out.features, view_logits=out.views, coverage=0.9)
+    cal = fit_calibration(
+        out.logits,
+        held.labels,
+        len(ckpt.classes),
+        out.features,
+        feature_kind=out.feature_kind,
+        view_logits=out.views,
+        coverage=0.9,
+    )
     return ckpt.save(tmp_path_factory.mktemp("tta") / "calibrated", calibration=cal)
 
 
@@ -181,7 +192,8 @@ def test_one_forward_pass_gives_logits_and_features(checkpoints: tuple[Path, Pat
     _, calibrated, _ = checkpoints
     ckpt = load_checkpoint(calibrated)
     calls = []
-    ckpt.model.backbone.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    stem = next(m for m in ckpt.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))  # every pass runs it
+    stem.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
     images = generate(n=50, image_size=TINY_SIZE, seed=15).images
     out = infer(ckpt, images, features=True, batch_size=32)
     assert out.features is not None and sum(calls) == len(images)
