@@ -34,21 +34,12 @@ def batches(val: Any, full: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, Any]]:
-    from bench.bench_robustness import RECIPES
-    from bench.real_data import FIRST_TRIAL, design_split
+    from bench.bench_robustness import design_model
     from cellnet import adapt
     from cellnet.calibrate import fit_calibration
-    from cellnet.checkpoint import in_memory
-    from cellnet.config import TrainConfig
     from cellnet.predict import infer, predict_batch
-    from cellnet.train import fit
 
-    train, val = design_split(size, seed=seed, framing="crop200")
-    _, full = design_split(size, seed=seed, framing="full")
-    assert list(full.ids) == list(val.ids)
-    config = TrainConfig(**{**FIRST_TRIAL, "epochs": epochs, **RECIPES[recipe], "seed": seed})
-    result = fit(config, train, None, early_stopping=False)
-    ckpt = in_memory(result.model, result.config, train.classes, train.image_size)
+    ckpt, train, val, full = design_model(recipe, seed, epochs, size)
     # a calibration fitted on the mixed validation cells: the guard compares with its class counts
     out = infer(ckpt, val.images)
     ckpt = dataclasses.replace(ckpt, calibration=fit_calibration(out.logits, val.labels, len(train.classes)))

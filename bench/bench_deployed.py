@@ -17,6 +17,7 @@ Nothing here chooses anything: run it for the space before and after a change, s
 
     .venv/bin/python -m bench.bench_deployed --space spaces/cpu_small.yaml --label after [--seeds 0 1 2]
         [--framing crop200] [--out runs/bench-deployed] [--json out.json]
+    .venv/bin/python -m bench.bench_deployed --label after --recalibrate   # those runs' models, calibrated anew
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def trust(ckpt: Any, data: Any, *, tta: bool = False) -> dict[str, Any]:
     }
 
 
-def one_seed(space: Path, seed: int, framing: str, out: Path, size: int) -> dict[str, Any]:
+def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalibrate: bool = False) -> dict[str, Any]:
     from bench.bench_robustness import scores
     from bench.real_data import split
     from cellnet.checkpoint import load_checkpoint
@@ -67,16 +68,22 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int) -> dict
     train, test = split(size, seed, framing)
     _, other = split(size, seed, OTHER[framing])
     assert list(other.ids) == list(test.ids)
-    out.mkdir(parents=True, exist_ok=True)
-    train_npz = save_npz(train, out / "train.npz")
     run_dir = out / "search"
-    cmd = [sys.executable, "-m", "search.run", str(space), "--data", str(train_npz), "--storage", str(run_dir)]
+    if recalibrate:  # the run searched before: its deployed model, calibrated again by this cellnet
+        if not (run_dir / "best").is_dir():
+            raise SystemExit(f"error: --recalibrate needs the searched run {run_dir}; run without it first")
+        cmd, log_name = [sys.executable, "-m", "search.retrain", str(run_dir), "--recalibrate"], "recalibrate.log"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        train_npz = save_npz(train, out / "train.npz")
+        cmd = [sys.executable, "-m", "search.run", str(space), "--data", str(train_npz), "--storage", str(run_dir)]
+        cmd, log_name = cmd + ["--seed", str(seed)], "search.log"
     start = time.perf_counter()
-    with open(out / "search.log", "w") as log:
-        rc = subprocess.call(cmd + ["--seed", str(seed)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    with open(out / log_name, "w") as log:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if rc:
-        raise SystemExit(f"error: {' '.join(cmd)} failed (exit {rc}); see {out / 'search.log'}")
+        raise SystemExit(f"error: {' '.join(cmd)} failed (exit {rc}); see {out / log_name}")
     ckpt = load_checkpoint(run_dir / "best")
     summary = json.loads((run_dir / "summary.json").read_text())
     t0 = time.perf_counter()
@@ -88,7 +95,8 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int) -> dict
         "seed": seed,
         "framing": framing,
         "space": str(space),
-        "wall_s": wall,
+        "wall_s": None if recalibrate else wall,
+        "recalibrate_s": wall if recalibrate else None,
         "winner": {k: summary["best"].get(k) for k in ("trial_id", "params", "best_epoch", "weights")},
         "trials": summary["trials"],
         "predict_s": t1 - t0,
@@ -96,8 +104,9 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int) -> dict
         "clean": trust(ckpt, test),
         "clean_tta": trust(ckpt, test, tta=True) if ckpt.calibration and ckpt.calibration.tta else None,
         "other": trust(ckpt, other),
-        "robustness": scores(ckpt, test, other, seed, adapt=False),
-        "robustness_adapt": scores(ckpt, test, other, seed, adapt=True),
+        # a recalibration changes the flag only (same weights, same OOF logits: same temperature and sets)
+        "robustness": None if recalibrate else scores(ckpt, test, other, seed, adapt=False),
+        "robustness_adapt": None if recalibrate else scores(ckpt, test, other, seed, adapt=True),
     }
     print(json.dumps({k: row[k] for k in ("seed", "wall_s", "winner", "clean", "other")}), flush=True)
     return row
@@ -117,12 +126,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     clean, tta, other, rob, ada = ("clean",), ("clean_tta",), ("other",), ("robustness",), ("robustness_adapt",)
     spec: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
         ("wall time of the search (s)", ("wall_s",), None),
+        ("wall time of search.retrain --recalibrate (s)", ("recalibrate_s",), None),
         ("clean accuracy / with TTA", (*clean, "accuracy"), (*tta, "accuracy")),
         ("coverage at 0.95 / lowest class (n>=30)", (*clean, "coverage"), (*clean, "min_class_coverage_n30")),
         ("with --tta: coverage / lowest class", (*tta, "coverage"), (*tta, "min_class_coverage_n30")),
         ("right clean answers flagged", (*clean, "right_flagged"), None),
         ("other framing: accuracy / with --adapt", (*other, "accuracy"), (*ada, "other_framing")),
         ("other framing: answered / of those right", (*other, "answered"), (*other, "answered_right")),
+        ("flagged OOD: clean / other framing", (*clean, "ood_flagged"), (*other, "ood_flagged")),
         ("clean / with --adapt", (*rob, "clean"), (*ada, "clean")),
         ("shift suite mean / with --adapt", (*rob, "shift_mean"), (*ada, "shift_mean")),
         ("graded RandAugment / with --adapt", (*rob, "graded_randaugment"), (*ada, "graded_randaugment")),
@@ -130,7 +141,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         ("predict s (held-out set) / with --adapt", ("predict_s",), ("predict_adapt_s",)),
     ]
     spec += [
-        (f"family {k[7:]} / with --adapt", (*rob, k), (*ada, k)) for k in rows[0]["robustness"] if k[:7] == "family_"
+        (f"family {k[7:]} / with --adapt", (*rob, k), (*ada, k))
+        for k in rows[0]["robustness"] or {}
+        if k[:7] == "family_"
     ]
     lines = [f"  {label:<44}{col(a) + (' / ' + col(b) if b else ''):>34}" for label, a, b in spec]
     return "\n".join(lines)
@@ -144,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framing", choices=sorted(OTHER), default="crop200")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-deployed")
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="search nothing: calibrate the runs already in --out/LABEL again (search.retrain --recalibrate) and "
+        "score their trust figures (the flag changes; accuracy under the suites does not: not scored again)",
+    )
     args = parser.parse_args(argv)
     if skip(args, "bench_deployed", quick="~15 min per seed", real_cells=True):
         return 0
     rows = [
-        one_seed(args.space.resolve(), s, args.framing, args.out / args.label / f"seed{s}", args.size)
+        one_seed(args.space.resolve(), s, args.framing, args.out / args.label / f"seed{s}", args.size, args.recalibrate)
         for s in args.seeds
     ]
     print(

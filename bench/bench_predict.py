@@ -49,7 +49,9 @@ def _calibrated(ckpt: Any, images: np.ndarray) -> Any:
 
     out = infer(ckpt, images, features=True)
     labels = np.arange(len(images)) % len(ckpt.classes)
-    cal = fit_calibration(out.logits, labels, len(ckpt.classes), out.features, coverage=0.95)
+    cal = fit_calibration(
+        out.logits, labels, len(ckpt.classes), out.features, feature_kind=out.feature_kind, coverage=0.95
+    )
     return dataclasses.replace(ckpt, calibration=cal)
 
 

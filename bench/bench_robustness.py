@@ -108,12 +108,33 @@ def scores(ckpt: Any, clean: Any, other: Any, seed: int, *, adapt: bool) -> dict
     }
 
 
+def recipe_config(recipe: str, seed: int, epochs: int) -> Any:
+    """The TrainConfig of `recipe` (RECIPES, on the round-2 first trial), `epochs` where the recipe sets none."""
+    from bench.real_data import FIRST_TRIAL
+    from cellnet.config import TrainConfig
+
+    return TrainConfig(**{**FIRST_TRIAL, "epochs": epochs, **RECIPES[recipe], "seed": seed})
+
+
+def design_model(recipe: str, seed: int, epochs: int, size: int = 64) -> tuple[Any, Any, Any, Any]:
+    """(in-memory checkpoint, train, val, val full-frame): `recipe` trained on design split `seed`'s training part
+    (crop200 framing), with its validation cells in both framings (same ids, same order)."""
+    from bench.real_data import design_split
+    from cellnet.checkpoint import in_memory
+    from cellnet.train import fit
+
+    train, val = design_split(size, seed=seed, framing="crop200")
+    _, full = design_split(size, seed=seed, framing="full")
+    assert list(full.ids) == list(val.ids)
+    result = fit(recipe_config(recipe, seed, epochs), train, None, early_stopping=False)
+    return in_memory(result.model, result.config, train.classes, train.image_size), train, val, full
+
+
 def one_run(
     seed: int, framing: str, recipe: str, epochs: int, size: int, which: str = "design", adapt: bool = False
 ) -> dict[str, Any]:
     from bench.real_data import FIRST_TRIAL, design_split, split
     from cellnet.checkpoint import in_memory
-    from cellnet.config import TrainConfig
     from cellnet.train import fit
 
     def parts(f: str) -> tuple[Any, Any]:
@@ -121,7 +142,7 @@ def one_run(
 
     train, _ = parts(framing)
     tests = {f: parts(f)[1] for f in ("crop200", "full")}
-    config = TrainConfig(**{**FIRST_TRIAL, "epochs": epochs, **RECIPES[recipe], "seed": seed})
+    config = recipe_config(recipe, seed, epochs)
     start = time.perf_counter()
     result = fit(config, train, None, early_stopping=False)
     wall = time.perf_counter() - start
