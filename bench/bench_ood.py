@@ -112,8 +112,8 @@ def deployment(recipe: str, seed: int, epochs: int, k: int = 2, size: int = 64) 
     from cellnet.constants import FEATURE_KINDS
     from cellnet.data import folds as make_folds
     from cellnet.train import fit
-    from search.oof import as_checkpoint, out_of_fold
-    from search.winner import fit_refit_ood
+    from search.oof import out_of_fold
+    from search.winner import fit_refit_ood, model_features
 
     train, val = design_split(size, seed=seed, framing="crop200")
     _, full = design_split(size, seed=seed, framing="full")
@@ -124,11 +124,7 @@ def deployment(recipe: str, seed: int, epochs: int, k: int = 2, size: int = 64) 
     c = len(train.classes)
 
     def features(model: Any, images: np.ndarray, kind: str) -> np.ndarray:
-        from cellnet.predict import infer
-
-        out = infer(as_checkpoint(model, config, train), images, features=True, feature_kind=kind).features
-        assert out is not None
-        return out
+        return model_features(model, config, train, images, kind)
 
     rows = []
     for kind in FEATURE_KINDS:

@@ -332,23 +332,13 @@ def retrain_run(
 
     from search.data import check_fingerprint, load_data
     from search.provenance import provenance
-    from search.results import Winner, checkpoint_metrics, params_of, read_trials, retrain_epochs
+    from search.results import Winner, checkpoint_metrics, params_of, retrain_epochs
     from search.winner import calibrate_retrained
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CellnetError(f"{run_dir}: no such run directory (expected the --storage directory of a search)")
-    for name in (SEARCH_CONFIG, TRIALS_CSV):
-        if not (run_dir / name).is_file():
-            raise CellnetError(f"{run_dir}: {name} is missing; is this the directory of a finished search?")
+    _check_run(run_dir, (SEARCH_CONFIG, TRIALS_CSV))
     cfg = load_config(run_dir / SEARCH_CONFIG)
-    trials = read_trials(run_dir)
-    rows = trials[trials["trial_id"] == trial_id]
-    if rows.empty:
-        valid = list(trials["trial_id"])
-        shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
-        raise CellnetError(f"{run_dir / TRIALS_CSV}: no trial {trial_id!r}; valid trial ids: {shown}")
-    row = rows.iloc[0]
+    row = _trial_row(run_dir, trial_id)
     schedule: int | None = None
     if epochs is None:
         if cfg.retrain.epochs != "best" or _finite(row.get("best_epoch")):
@@ -405,14 +395,12 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
 
     from search.data import check_fingerprint, load_data
     from search.paths import SUMMARY
-    from search.results import Winner, checkpoint_metrics, params_of, read_trials
+    from search.results import Winner, checkpoint_metrics, params_of
     from search.winner import calibrate_refit, fold_outputs
 
     run_dir = Path(run_dir)
     summary_path = run_dir / SUMMARY
-    for name in (SEARCH_CONFIG, TRIALS_CSV, SUMMARY):
-        if not (run_dir / name).is_file():
-            raise CellnetError(f"{run_dir}: {name} is missing; is this the directory of a finished search?")
+    _check_run(run_dir, (SEARCH_CONFIG, TRIALS_CSV, SUMMARY))
     summary = json.loads(summary_path.read_text())
     best = summary.get("best") or {}
     # the deployed directories' names (best, best_folds) inside this run directory: it may have been moved
@@ -420,8 +408,7 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
     if not best.get("trial_id") or not deployed:
         raise CellnetError(f"{summary_path}: no deployed winner to recalibrate (deploy it first: --resume)")
     cfg = load_config(run_dir / SEARCH_CONFIG)
-    trials = read_trials(run_dir)
-    row = trials[trials["trial_id"] == str(best["trial_id"])].iloc[0]
+    row = _trial_row(run_dir, str(best["trial_id"]))
     win = Winner(
         str(best["trial_id"]),
         params_of(row),
@@ -446,6 +433,28 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
         was = before.ood.features if before is not None and before.ood is not None else "none"
         lines.append(f"{path} ({name}): recalibrated; OOD features {was} -> {after.ood.features}")
     return lines
+
+
+def _check_run(run_dir: Path, names: Sequence[str]) -> None:
+    """A one-line error unless `run_dir` is a search's run directory holding `names`."""
+    if not run_dir.is_dir():
+        raise CellnetError(f"{run_dir}: no such run directory (expected the --storage directory of a search)")
+    for name in names:
+        if not (run_dir / name).is_file():
+            raise CellnetError(f"{run_dir}: {name} is missing; is this the directory of a finished search?")
+
+
+def _trial_row(run_dir: Path, trial_id: str) -> Any:
+    """Trial `trial_id`'s row of the run's trials.csv, or a one-line error listing the valid ids."""
+    from search.results import read_trials
+
+    trials = read_trials(run_dir)
+    rows = trials[trials["trial_id"] == trial_id]
+    if rows.empty:
+        valid = list(trials["trial_id"])
+        shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
+        raise CellnetError(f"{run_dir / TRIALS_CSV}: no trial {trial_id!r}; valid trial ids: {shown}")
+    return rows.iloc[0]
 
 
 def _finite(value: Any) -> bool:

@@ -282,18 +282,19 @@ def fit_refit_ood(
     if oof.features is None:
         raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")
     kind = str(oof.feature_kind)
-    seen = _features(refit, config, data, data.images, kind)
+    seen = model_features(refit, config, data, data.images, kind)
     per_fold = [
-        (_features(model, config, data, data.images[train], kind), data.labels[train], oof.features[val])
+        (model_features(model, config, data, data.images[train], kind), data.labels[train], oof.features[val])
         for model, (train, val) in zip(members, folds, strict=True)
     ]
     stats, threshold = fit_ood_transferred(seen, data.labels, len(data.classes), per_fold, false_alarm, seed=seed)
     return OODDetector((stats,), (threshold,), false_alarm, kind, "transferred")
 
 
-def _features(
+def model_features(
     model: CellNet | FoldEnsemble, config: TrainConfig, data: CellData, images: np.ndarray, kind: str
 ) -> np.ndarray:
+    """`model`'s OOD features (of `kind`) for `images`: what the refit's statistics and threshold are fitted on."""
     features = infer(as_checkpoint(model, config, data), images, features=True, feature_kind=kind).features
     if features is None:
         raise ValueError("inference returned no features")
