@@ -42,15 +42,28 @@ def _sync(device: torch.device) -> None:
 
 def _calibrated(ckpt: Any, images: np.ndarray) -> Any:
     """A copy of `ckpt` with a calibration fitted on its own outputs for `images` under random labels: the numbers
-    mean nothing, the work predict does with them is the real one."""
+    mean nothing, the work predict does with them is the real one (framing check included, as deployed)."""
     import dataclasses
 
     from cellnet.calibrate import fit_calibration
+    from cellnet.constants import FRAMING_ZOOMS
+    from cellnet.shifts import zoomed_copies
 
     out = infer(ckpt, images, features=True)
+    zoomed = [
+        infer(ckpt, copy, features=True, feature_kind=out.feature_kind).features
+        for copy in zoomed_copies(images, FRAMING_ZOOMS)
+    ]
     labels = np.arange(len(images)) % len(ckpt.classes)
     cal = fit_calibration(
-        out.logits, labels, len(ckpt.classes), out.features, feature_kind=out.feature_kind, coverage=0.95
+        out.logits,
+        labels,
+        len(ckpt.classes),
+        out.features,
+        feature_kind=out.feature_kind,
+        framing_features=np.stack(zoomed),
+        framing_zooms=FRAMING_ZOOMS,
+        coverage=0.95,
     )
     return dataclasses.replace(ckpt, calibration=cal)
 

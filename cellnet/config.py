@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cellnet.constants import DEFAULT_FEATURES, DEFAULT_IMAGE_SIZE, FEATURE_KINDS
+from cellnet.constants import DEFAULT_FEATURES, DEFAULT_IMAGE_SIZE, FEATURE_KINDS, FRAMING_ZOOMS
 from cellnet.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "radam", "ranger")
@@ -225,12 +225,25 @@ class CalibrationSpec:
     OOD threshold is set for, what the OOD score measures (`ood_features`: cellnet.constants.FEATURE_KINDS; decision
     0010: with the penultimate stage's statistics it sees cells framed smaller, and flags more mild shifts), and
     whether predicting with `--tta` is calibrated too (scores every training image under the 8 dihedral views once
-    more: 8 inference passes, no training)."""
+    more: 8 inference passes, no training). `framing_zooms`: the OOD flag's framing check (decision 0011: class
+    means of the cells zoomed out by these factors, one more inference pass per factor; [] turns it off)."""
 
     coverage: float = 0.95
     ood_false_alarm: float = 0.05
     ood_features: str = DEFAULT_FEATURES
     tta: bool = True
+    framing_zooms: tuple[float, ...] = FRAMING_ZOOMS
+
+
+def check_framing_zooms(zooms: Any) -> tuple[float, ...]:
+    """Zoom factors of the framing check as a sorted tuple: distinct numbers in (0, 1) (zoom-outs: cells shown
+    smaller); empty = no check."""
+    if isinstance(zooms, (str, bytes)) or not isinstance(zooms, (list, tuple)):
+        raise ConfigError(f"framing_zooms must be a list of numbers in (0, 1), got {zooms!r}")
+    ok = all(isinstance(z, (int, float)) and not isinstance(z, bool) and 0.0 < z < 1.0 for z in zooms)
+    if not ok or len(set(zooms)) != len(zooms):
+        raise ConfigError(f"framing_zooms must be distinct numbers in (0, 1), got {list(zooms)}")
+    return tuple(sorted(float(z) for z in zooms))
 
 
 RETRAIN_MODES = ("refit", "folds", "both")
@@ -434,6 +447,11 @@ def _parse_section(raw: Any, cls: type, where: str, name: str) -> Any:
             values["shift_suite"] = resolve_names(suite)
         except ConfigError as e:
             raise ConfigError(f"{where}: search.shift_suite: {e}") from None
+    if name == "calibration" and "framing_zooms" in values:
+        try:
+            values["framing_zooms"] = check_framing_zooms(values["framing_zooms"] or [])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: calibration.{e}") from None
     try:
         return cls(**values)
     except TypeError as e:

@@ -30,3 +30,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".ti
 POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS = "pooled", "stage_stats", "pooled+stage_stats"
 FEATURE_KINDS: tuple[str, ...] = (POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS)
 DEFAULT_FEATURES = POOLED_AND_STAGE_STATS  # what a new calibration measures where the backbone gives its stages
+
+# The OOD flag's framing check (decision 0011): class means of the calibration cells zoomed out by these factors
+# (full-frame PBC images show a cell ~1.8x smaller than the centre crops: 0.55; and a milder 0.7).
+FRAMING_ZOOMS: tuple[float, ...] = (0.55, 0.7)

@@ -430,9 +430,17 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
             load_checkpoint(path).save(path, calibration=winner.calibration)
         after = load_checkpoint(path).calibration
         assert after is not None and after.ood is not None
-        was = before.ood.features if before is not None and before.ood is not None else "none"
-        lines.append(f"{path} ({name}): recalibrated; OOD features {was} -> {after.ood.features}")
+        was = before.ood if before is not None else None
+        lines.append(
+            f"{path} ({name}): recalibrated; OOD features {was.features if was else 'none'} -> {after.ood.features}, "
+            f"framing check {_framing(was)} -> {_framing(after.ood)}"
+        )
     return lines
+
+
+def _framing(ood: Any) -> str:
+    """The framing check of an OOD detector in a few words (decision 0011)."""
+    return f"zooms {list(ood.framing_zooms)}" if ood is not None and ood.framing_zooms else "off"
 
 
 def _check_run(run_dir: Path, names: Sequence[str]) -> None:

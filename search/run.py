@@ -92,7 +92,7 @@ RESUME_SAFE = {
     ("search", "checkpoint_every"),
     *(("resources", k) for k in ("cpus_per_fold", "gpus_per_fold", "max_concurrent")),
     *(("retrain", k) for k in ("mode", "epochs")),
-    *(("calibration", k) for k in ("coverage", "ood_false_alarm", "ood_features", "tta")),
+    *(("calibration", k) for k in ("coverage", "ood_false_alarm", "ood_features", "tta", "framing_zooms")),
 }
 FLAG_OF = {
     ("data", "source"): "--data",

@@ -7,7 +7,8 @@ finish(cfg, run_dir, grid, loaded, data_ref, started)
              │        scores from the OOF logits -- the same for both deployments; OOD statistics per deployed
              │        model: an ensemble member's from its own validation fold (unseen, 80% fit / 20% threshold); a
              │        refit's from its training images, its threshold transferred from the fold models'
-             │        seen-vs-unseen ratio (`fit_refit_ood`)
+             │        seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check's zoomed-out class
+             │        means (`calibration.framing_zooms`, decision 0011)
              ├─ retrain.mode folds/both: FoldEnsemble(members) ...... best/ (folds) or best_folds/ (both)
              ├─ retrain.mode refit/both: refit on all data (search/retrain.py) ...... best/, then calibrated
              └─ --test: each deployed checkpoint scored once (report/test_<name>/), summary.json's `test`
@@ -25,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from cellnet.calibrate import Calibration, OODDetector
+from cellnet.calibrate import Calibration, OODDetector, with_framing
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
 from cellnet.predict import infer
+from cellnet.shifts import zoomed_copies
 from search.data import SearchData
 from search.oof import (
     OutOfFold,
@@ -228,6 +230,14 @@ def fold_outputs(
         )
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
+        if calibration.ood is not None and cfg.calibration.framing_zooms:
+            framing = [
+                zoomed_features(model, config, data, data.images[val], kind, cfg.calibration.framing_zooms)
+                for model, (_, val) in zip(members, loaded.folds, strict=True)
+            ]
+            labels = [data.labels[val] for _, val in loaded.folds]
+            ood = with_framing(calibration.ood, framing, labels, cfg.calibration.framing_zooms)
+            calibration = dataclasses.replace(calibration, ood=ood)
     except (CheckpointError, CalibrationError) as e:
         if required:
             raise
@@ -273,10 +283,12 @@ def fit_refit_ood(
     oof: OutOfFold,
     false_alarm: float,
     seed: int = 0,
+    framing_zooms: tuple[float, ...] = (),
 ) -> OODDetector:
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
     data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
-    from statistics that did not see the image (`cellnet.calibrate.fit_ood_transferred`)."""
+    from statistics that did not see the image (`cellnet.calibrate.fit_ood_transferred`). With `framing_zooms`, the
+    framing check's means from its features of the data zoomed out (decision 0011)."""
     from cellnet.calibrate import fit_ood_transferred
 
     if oof.features is None:
@@ -288,7 +300,24 @@ def fit_refit_ood(
         for model, (train, val) in zip(members, folds, strict=True)
     ]
     stats, threshold = fit_ood_transferred(seen, data.labels, len(data.classes), per_fold, false_alarm, seed=seed)
-    return OODDetector((stats,), (threshold,), false_alarm, kind, "transferred")
+    detector = OODDetector((stats,), (threshold,), false_alarm, kind, "transferred")
+    if not framing_zooms:
+        return detector
+    zoomed = zoomed_features(refit, config, data, data.images, kind, framing_zooms)
+    return with_framing(detector, [zoomed], [data.labels], framing_zooms)
+
+
+def zoomed_features(
+    model: CellNet | FoldEnsemble,
+    config: TrainConfig,
+    data: CellData,
+    images: np.ndarray,
+    kind: str,
+    zooms: tuple[float, ...],
+) -> np.ndarray:
+    """(F, N, D) `model`'s features of `images` zoomed out by each factor: what the framing check's means are
+    fitted on (one zoom at a time, so only one copy of the images is held)."""
+    return np.stack([model_features(model, config, data, zoomed_copies(images, (z,))[0], kind) for z in zooms])
 
 
 def model_features(
@@ -390,6 +419,7 @@ def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winne
         winner.oof,
         cfg.calibration.ood_false_alarm,
         seed=cfg.cv.seed,
+        framing_zooms=cfg.calibration.framing_zooms,
     )
     notes = winner.calibration.notes
     if win.retrain_schedule_epochs != cfg.search.max_epochs:

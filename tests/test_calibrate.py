@@ -3,6 +3,7 @@ and the checkpoint round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,16 +17,19 @@ from cellnet.calibrate import (
     coverage_report,
     fit_calibration,
     fit_conformal,
+    fit_framing_means,
     fit_mahalanobis,
     fit_ood_transferred,
     fit_temperature,
     flag_report,
     mahalanobis_score,
+    nonconformity,
     ood_auroc,
     ood_threshold,
     prediction_sets,
     softmax,
     transferred_threshold,
+    with_framing,
 )
 from cellnet.errors import CalibrationError, CheckpointError, ConfigError
 
@@ -70,18 +74,27 @@ def test_softmax_is_stable_for_huge_logits() -> None:
 # Conformal sets
 
 
-def test_p_values_are_the_mondrian_formula() -> None:
-    """crepes, called per class with bins = c, gives (#{calibration scores of class c >= 1 - p_c} + 1) / (q_c + 1)."""
+def test_p_values_are_crepes_mondrian_p_values() -> None:
+    """The reference (decision 0005): crepes' ConformalClassifier, fitted with bins = labels, non-smoothed, class c's
+    column with bins = c: (#{calibration scores of class c >= 1 - p_c} + 1) / (q_c + 1). Ties included (scores
+    rounded to 2 decimals), and a class with no calibration image (p = 1)."""
+    from crepes import ConformalClassifier
+
     rng = np.random.default_rng(3)
-    z, y = synthetic_model(600, 2.0, rng)
-    conformal = fit_conformal(softmax(z[:400]), y[:400], C)
-    test = softmax(z[400:])
-    alphas = (1.0 - test).astype(np.float32)
-    expected = np.empty(test.shape)
-    for c in range(C):
-        cal = np.sort(conformal.scores[conformal.labels == c])
-        expected[:, c] = (len(cal) - np.searchsorted(cal, alphas[:, c], side="left") + 1) / (len(cal) + 1)
-    np.testing.assert_allclose(conformal_p_values(test, conformal), expected)
+    z, y = synthetic_model(900, 2.0, rng)
+    y[:500][y[:500] == 5] = 4  # no calibration image of class 5
+    probs = np.round(softmax(z), 2)
+    probs /= probs.sum(axis=1, keepdims=True)
+    conformal = fit_conformal(probs[:500], y[:500], C)
+    test = probs[500:]
+    reference = ConformalClassifier().fit(conformal.scores, bins=conformal.labels)
+    alphas = nonconformity(test)
+    expected = np.stack(
+        [reference.predict_p(alphas[:, c], bins=np.full(len(test), c), smoothing=False) for c in range(C)], axis=1
+    )
+    got = conformal_p_values(test, conformal)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert (got[:, 5] == 1.0).all() and len(np.unique(got)) > 50
 
 
 @pytest.mark.parametrize("coverage", [0.9, 0.95])
@@ -181,7 +194,7 @@ def test_mahalanobis_score_is_the_min_over_classes_of_the_squared_distance() -> 
     p = stats.precision.astype(np.float64)
     diffs = x[:20, None, :].astype(np.float64) - stats.means[None].astype(np.float64)
     brute = np.einsum("ncd,de,nce->nc", diffs, p, diffs).min(axis=1)
-    np.testing.assert_allclose(mahalanobis_score(x[:20], stats), brute, rtol=1e-6)
+    np.testing.assert_allclose(mahalanobis_score(x[:20], stats), brute, rtol=1e-4)  # the (D, D) product in float32
     np.testing.assert_allclose(p, p.T)
     assert np.linalg.eigvalsh(p).min() > 0
 
@@ -242,6 +255,91 @@ def test_a_refits_transferred_threshold_holds_its_false_alarm_rate() -> None:
     assert in_sample_rate < held_out_rate / 2, (in_sample_rate, held_out_rate)
 
 
+def framed_world(seed: int = 6):
+    """Gaussian classes plus what "zoomed-out copies" do to them here: every class shrunk lands on one spot offset
+    from class 3 (a large cell shown small looks like a platelet), close enough to class 3 that the plain distance
+    lets many through. Returns the calibration, its zoomed features (F=2, N, D) and two samplers."""
+    rng = np.random.default_rng(seed)
+    d = 16
+    draw = gaussian_classes(d, rng)
+    x, y = draw(3000)
+    logits = rng.normal(size=(len(y), 4))
+    logits[np.arange(len(y)), y] += 2.0
+    cal = fit_calibration(logits, y, 4, x, feature_kind="pooled", false_alarm=0.05)
+    assert cal.ood is not None
+    stats = cal.ood.members[0]
+    # 3 units of within-class spread away from class 3, along a random direction of the fitted metric
+    u = rng.normal(size=d)
+    offset = np.linalg.cholesky(np.linalg.inv(stats.precision.astype(np.float64))) @ (3.0 * u / np.linalg.norm(u))
+    x3 = x[y == 3]
+
+    def shrunk(n: int, factor: float = 1.0) -> np.ndarray:
+        """Draws of class 3 moved by `offset` (x factor): zoomed-out copies of any class."""
+        return (x3[rng.integers(0, len(x3), n)] + factor * offset).astype(np.float32)
+
+    zoomed = np.stack([shrunk(len(y)), shrunk(len(y), 1.2)])
+    assert np.median(mahalanobis_score(shrunk(500), stats) / cal.ood.thresholds[0]) < 1.0  # the blind spot
+    return cal, zoomed, y, draw, shrunk
+
+
+def test_the_framing_check_flags_cells_nearer_a_zoomed_out_class_and_leaves_the_rest_alone() -> None:
+    """Decision 0011: a cell nearer some class's zoomed-out copies than to every class's own mean scores > 1."""
+    cal, zoomed, y, draw, shrunk = framed_world()
+    assert cal.ood is not None
+    framed = with_framing(cal.ood, [zoomed], [y], (0.7, 0.55))
+    assert framed.framing_zooms == (0.55, 0.7) and framed.framing_means[0].shape == (2 * 4, 16)
+    np.testing.assert_allclose(framed.framing_means[0][:4], fit_framing_means(zoomed, y, 4)[:4], rtol=1e-5)
+
+    small = shrunk(2000)
+    plain_flags, framed_flags = cal.ood.score(small) > 1, framed.score(small) > 1
+    # nearer the shifted mean than class 3's own unless the draw lies 1.5 spreads against the shift: ~93%
+    assert plain_flags.mean() < 0.6 and framed_flags.mean() > 0.88, (plain_flags.mean(), framed_flags.mean())
+
+    fresh, _ = draw(10_000)
+    plain, checked = cal.ood.score(fresh), framed.score(fresh)
+    assert (checked >= plain).all()  # the check only ever adds flags
+    changed = checked != plain
+    assert (checked[changed] > 1).all() and changed.mean() < 0.03, changed.mean()  # class 3's far side: ~7% of it
+    fired = framed.framing_margin(fresh) > 0
+    assert (fired >= changed).all() and (checked[fired] > 1).all()  # fired: flagged (some were already)
+    with pytest.raises(CalibrationError, match="no framing check"):
+        cal.ood.framing_margin(fresh)
+
+
+def test_the_framing_check_round_trips_and_older_calibrations_have_none() -> None:
+    cal, zoomed, y, draw, shrunk = framed_world(7)
+    assert cal.ood is not None
+    framed = dataclasses.replace(cal, ood=with_framing(cal.ood, [zoomed], [y], (0.55, 0.7)))
+    meta, tensors = stored(framed)
+    assert meta["ood"]["framing_zooms"] == [0.55, 0.7] and tensors["ood_framing_means"].shape == (1, 8, 16)
+    back = Calibration.from_parts(meta, tensors)
+    probe = np.vstack([draw(200)[0], shrunk(200)])
+    np.testing.assert_array_equal(back.ood.score(probe), framed.ood.score(probe))  # type: ignore[union-attr]
+
+    old_meta, old_tensors = stored(cal)
+    assert old_meta["ood"]["framing_zooms"] == []
+    del old_meta["ood"]["framing_zooms"]  # written before decision 0011
+    assert Calibration.from_parts(old_meta, old_tensors).ood.framing_means == ()  # type: ignore[union-attr]
+    with pytest.raises(CheckpointError, match="ood_framing_means"):
+        Calibration.from_parts(old_meta, tensors)  # framing means without their zoom factors
+
+
+@pytest.mark.parametrize(
+    ("members", "zooms", "match"),
+    [
+        (2, (0.55, 0.7), "framing features for 2 members"),
+        (1, (0.55,), "framing features for 2 zooms"),
+        (1, (0.55, 1.2), "framing_zooms must be distinct numbers in"),
+        (1, (), "at least one zoom factor"),
+    ],
+)
+def test_framing_features_that_do_not_fit_the_detector_are_refused(members: int, zooms, match: str) -> None:
+    cal, zoomed, y, _, _ = framed_world(8)
+    assert cal.ood is not None
+    with pytest.raises((CalibrationError, ConfigError), match=match):
+        with_framing(cal.ood, [zoomed] * members, [y] * members, zooms)
+
+
 def test_ood_threshold_is_the_conformal_rank() -> None:
     scores = np.random.default_rng(0).permutation(np.arange(1.0, 101.0))
     assert ood_threshold(scores, 0.05) == 96.0  # ceil(101 * 0.95) = 96th smallest
@@ -276,7 +374,7 @@ def test_calibration_round_trips_through_json_and_safetensors(fitted) -> None:
     back = Calibration.from_parts(meta, tensors)
     assert back.temperature == cal.temperature and back.coverage == 0.9 and back.notes == cal.notes
     assert meta["num_calibration"] == 600 and sum(meta["calibration_counts"]) == 600
-    assert meta["conformal"]["library"].startswith("crepes ")
+    assert "crepes" in meta["conformal"]["library"]
     a, b = cal.apply(logits, features), back.apply(logits, features)
     for key in ("probs", "sets", "set_size", "ood_score", "ood"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))

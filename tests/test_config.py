@@ -87,6 +87,11 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
             {"name": "x", "calibration": {"ood_features": "logits"}},
             "calibration.ood_features must be one of ['pooled', 'stage_stats', 'pooled+stage_stats'], got 'logits'",
         ),
+        (
+            {"name": "x", "calibration": {"framing_zooms": [0.55, 1.5]}},
+            "calibration.framing_zooms must be distinct numbers in (0, 1), got [0.55, 1.5]",
+        ),
+        ({"name": "x", "calibration": {"framing_zooms": 0.55}}, "calibration.framing_zooms must be a list of numbers"),
     ],
 )
 def test_bad_configs_name_the_key_and_file(tmp_path: Path, doc: dict, needle: str) -> None:
@@ -130,3 +135,15 @@ def test_robust_metrics_can_rank_a_search(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {"name": "x", "search": {"shift_suite": ["gamma_0.6", "zoom_out_0.55"]}}))
     assert cfg.search.shift_suite == ("gamma_0.6", "zoom_out_0.55")
     assert parse_config(cfg.to_dict(), "again.yaml").search.shift_suite == cfg.search.shift_suite
+
+
+def test_the_framing_check_is_on_by_default_sorted_and_can_be_turned_off() -> None:
+    from cellnet.config import parse_config
+    from cellnet.constants import FRAMING_ZOOMS
+
+    assert parse_config({"name": "x"}).calibration.framing_zooms == FRAMING_ZOOMS
+    assert parse_config({"name": "x", "calibration": {"framing_zooms": [0.7, 0.5]}}).calibration.framing_zooms == (
+        0.5,
+        0.7,
+    )
+    assert parse_config({"name": "x", "calibration": {"framing_zooms": []}}).calibration.framing_zooms == ()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cellnet.constants import DEFAULT_FEATURES
+from cellnet.constants import DEFAULT_FEATURES, FRAMING_ZOOMS
 
 pytestmark = pytest.mark.slow
 
@@ -257,6 +257,7 @@ def test_deployed_checkpoints_carry_their_calibration_and_use_it(run: Path) -> N
         assert cal.tta.temperature == pytest.approx(fit_temperature(oof["views"], oof["labels"][chosen]), rel=1e-4)
         assert cal.ood.threshold_from == threshold_from and len(cal.ood.members) == members
         assert cal.ood.features == DEFAULT_FEATURES  # decision 0010: the penultimate stage's statistics too
+        assert cal.ood.framing_zooms == FRAMING_ZOOMS and len(cal.ood.framing_means) == members  # decision 0011
         out = predict_batch(ckpt, images)
         raw = infer(ckpt, images, features=True)
         np.testing.assert_allclose(out.probs, softmax(raw.logits, cal.temperature), atol=1e-6)
@@ -364,21 +365,24 @@ def test_recalibrate_refits_the_deployed_calibrations_in_place_without_training(
     current = config.read_text()
     as_before = yaml.safe_load(current)
     as_before["calibration"]["ood_features"] = POOLED
+    as_before["calibration"]["framing_zooms"] = []
     config.write_text(yaml.safe_dump(as_before))
     assert main([str(copy), "--recalibrate"]) == 0
     capsys.readouterr()
     weights = {name: (copy / name / "model.safetensors").read_bytes() for name in ("best", "best_folds")}
     assert {load_checkpoint(copy / n).calibration.ood.features for n in weights} == {POOLED}  # type: ignore[union-attr]
+    assert not any(load_checkpoint(copy / n).calibration.ood.framing_means for n in weights)  # type: ignore[union-attr]
     config.write_text(current)
     assert main([str(copy), "--recalibrate"]) == 0
     out = [line for line in capsys.readouterr().out.splitlines() if "recalibrated" in line]
-    assert len(out) == 2 and all(f"OOD features {POOLED} -> {DEFAULT_FEATURES}" in line for line in out), out
+    changed = f"OOD features {POOLED} -> {DEFAULT_FEATURES}, framing check off -> zooms {list(FRAMING_ZOOMS)}"
+    assert len(out) == 2 and all(changed in line for line in out), out
     images = generate(40, 32, seed=23).images
     for name, content in weights.items():
         assert (copy / name / "model.safetensors").read_bytes() == content  # nothing was trained
         ckpt = load_checkpoint(copy / name)
         assert ckpt.calibration is not None and ckpt.calibration.ood is not None
-        assert ckpt.calibration.ood.features == DEFAULT_FEATURES
+        assert ckpt.calibration.ood.features == DEFAULT_FEATURES and ckpt.calibration.ood.framing_zooms == FRAMING_ZOOMS
         assert predict_batch(ckpt, images).calibrated.ood_score is not None  # type: ignore[union-attr]
     assert load_checkpoint(run / "best").calibration.ood.features == DEFAULT_FEATURES  # type: ignore[union-attr]
     assert main([str(copy), "--recalibrate", "--epochs", "2"]) == 2

@@ -20,6 +20,8 @@ from cellnet.shifts import (
     resolve_names,
     shift_suite,
     zoom,
+    zoom_out_mirrored,
+    zoomed_copies,
 )
 
 BACKGROUND = (236, 226, 232)  # a light smear background
@@ -76,6 +78,29 @@ def test_zoom_scales_area_by_factor_squared_and_pads_with_the_background() -> No
     assert np.array_equal(zoom(image, 1.0), image)
     with pytest.raises(ValueError, match="got -2"):
         zoom(image, -2)
+
+
+def test_zoomed_copies_hold_every_image_at_every_factor_in_order() -> None:
+    """What the OOD flag's framing check fits its means on: (F, N, ...), factor-major, mirrored zoom-outs."""
+    images = np.stack([disk_image(32, 6.0), disk_image(32, 9.0)])
+    copies = zoomed_copies(images, (0.55, 0.7))
+    assert copies.shape == (2, *images.shape) and copies.dtype == images.dtype
+    for i, factor in enumerate((0.55, 0.7)):
+        for j in range(2):
+            assert np.array_equal(copies[i, j], zoom_out_mirrored(images[j], factor))
+
+
+def test_a_mirrored_zoom_out_shrinks_the_centre_and_mirrors_it_into_the_border() -> None:
+    image = disk_image(96, 14.0)
+    out = zoom_out_mirrored(image, 0.5)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    centre = out[24:72, 24:72]  # the shrunk image, pasted whole
+    assert dark_area(centre) / dark_area(image) == pytest.approx(0.25, rel=0.05)
+    np.testing.assert_array_equal(out[23], out[25])  # row 23 mirrors row 25 about row 24 (BORDER_REFLECT_101)
+    assert dark_area(zoom(image, 0.5)) == pytest.approx(dark_area(centre), rel=0.05)  # zoom: flat border instead
+    for bad in (1.0, 0.0, 1.5):
+        with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+            zoom_out_mirrored(image, bad)
 
 
 def test_border_background_ignores_red_cells_on_the_border() -> None:
