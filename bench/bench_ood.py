@@ -60,26 +60,40 @@ def shifted_sets(val: Any, full: Any, seed: int) -> dict[str, np.ndarray]:
 def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, Any]]:
     from bench.bench_robustness import design_model
     from cellnet.calibrate import fit_calibration, ood_auroc
-    from cellnet.constants import FEATURE_KINDS
+    from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, FRAMING_ZOOMS
     from cellnet.data import holdout_split
     from cellnet.predict import infer, predict_batch
+    from cellnet.shifts import zoomed_copies
 
     ckpt, train, val, full = design_model(recipe, seed, epochs, size)
     cal_idx, score_idx = holdout_split(val.labels, val.groups, 0.5, seed, classes=val.classes)
     labels = val.labels[score_idx]
     images = {name: x[score_idx] for name, x in shifted_sets(val, full, seed).items()}
     rows = []
-    for kind in FEATURE_KINDS:
+    variants = [(kind, ()) for kind in FEATURE_KINDS] + [(DEFAULT_FEATURES, FRAMING_ZOOMS)]
+    for kind, zooms in variants:
         out = infer(ckpt, val.images[cal_idx], features=True, feature_kind=kind)
+        zoomed = None
+        if zooms:
+            copies = zoomed_copies(val.images[cal_idx], zooms)
+            zoomed = np.stack([_features(infer(ckpt, c, features=True, feature_kind=kind)) for c in copies])
         calibration = fit_calibration(
-            out.logits, val.labels[cal_idx], len(train.classes), out.features, feature_kind=kind, coverage=0.95
+            out.logits,
+            val.labels[cal_idx],
+            len(train.classes),
+            out.features,
+            feature_kind=kind,
+            framing_features=zoomed,
+            framing_zooms=zooms,
+            coverage=0.95,
         )
         calibrated = dataclasses.replace(ckpt, calibration=calibration)
         preds = {name: predict_batch(calibrated, x) for name, x in images.items()}
         clean_calibrated = preds["clean"].calibrated
         assert clean_calibrated is not None and clean_calibrated.ood_score is not None
         clean_score = clean_calibrated.ood_score
-        row: dict[str, Any] = {"seed": seed, "features": kind, "dim": int(out.features.shape[-1])}  # type: ignore[union-attr]
+        label = f"{kind}+framing" if zooms else kind
+        row: dict[str, Any] = {"seed": seed, "features": label, "dim": int(out.features.shape[-1])}  # type: ignore[union-attr]
         for name, pred in preds.items():
             assert pred.calibrated is not None and pred.calibrated.ood_score is not None
             right = pred.probs.argmax(axis=1) == labels
@@ -92,9 +106,33 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
                 "right_flagged": float((~answered)[right].mean()) if right.any() else None,
                 "auroc": None if name == "clean" else ood_auroc(clean_score, pred.calibrated.ood_score),
             }
+            if zooms:
+                row[name] |= framing_figures(calibrated, images[name], right)
         rows.append(row)
         show(row)
     return rows
+
+
+def framing_figures(checkpoint: Any, images: np.ndarray, right: np.ndarray) -> dict[str, float | None]:
+    """The framing check (decision 0011) on its own: the share it fires on, of the right answers too, and the share
+    it flags that the distance alone (same statistics and threshold) does not."""
+    from cellnet.calibrate import is_ood
+    from cellnet.predict import infer
+
+    ood = checkpoint.calibration.ood
+    features = _features(infer(checkpoint, images, features=True))
+    fired = ood.framing_margin(features) > 0
+    plain = dataclasses.replace(ood, framing_means=(), framing_zooms=())
+    return {
+        "check_fires": float(fired.mean()),
+        "check_fires_right": float(fired[right].mean()) if right.any() else None,
+        "check_adds": float((is_ood(ood.score(features)) & ~is_ood(plain.score(features))).mean()),
+    }
+
+
+def _features(out: Any) -> np.ndarray:
+    assert out.features is not None
+    return np.asarray(out.features)
 
 
 def deployment(recipe: str, seed: int, epochs: int, k: int = 2, size: int = 64) -> list[dict[str, Any]]:
@@ -187,6 +225,11 @@ def show(row: dict[str, Any]) -> None:
             line += (
                 f" | {name} acc {s['accuracy']:.2f} not flagged {s['answered']:.2f} right {_num(s['answered_right'])}"
             )
+    if "check_fires" in c:
+        line += "\n    framing check alone, fires on (right answers) / adds:" + "".join(
+            f" {name} {s['check_fires']:.3f} ({_num(s['check_fires_right'])}) / {s['check_adds']:.3f};"
+            for name, s in ((name, row[name]) for name in ("clean", "full-frame", *SHIFTS) if name in row)
+        )
     print(line, flush=True)
 
 
@@ -210,6 +253,14 @@ def summary(rows: list[dict[str, Any]]) -> None:
             f"right {col('graded_randaugment', 'answered_right')} | AugMix: not flagged "
             f"{col('graded_augmix', 'answered')}, right {col('graded_augmix', 'answered_right')}"
         )
+        if "check_fires" in mine[0]["clean"]:
+            print(
+                "    framing check alone, fires on:"
+                + "".join(f" {name} {col(name, 'check_fires')};" for name in ("clean", "full-frame", *SHIFTS))
+                + f" right clean answers {col('clean', 'check_fires_right')}; adds flags: clean "
+                f"{col('clean', 'check_adds')}, full-frame {col('full-frame', 'check_adds')}, zoom_out_0.75 "
+                f"{col('zoom_out_0.75', 'check_adds')}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
