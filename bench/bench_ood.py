@@ -6,10 +6,12 @@ bench/bench_robustness.py (default lite0_ra: the recommended space's first trial
 training part; its validation cells are split by group into a calibration half and a scoring half. For each feature
 kind (`cellnet.constants.FEATURE_KINDS`: the pooled last stage, the penultimate stage's per-channel mean/std, both) a
 calibration is fitted on the calibration half (`fit_calibration`, 95% sets, 5% false alarms) and applied, through
-`predict_batch`, to the scoring half clean, full-frame and under the graded policies and a few suite shifts. Only the
-OOD flag is scored here: it is the one part of "uncertain" the feature kind changes, and ~200 calibration images
-leave the rarer classes in every 95% set (too few of them for a Mondrian quantile), which would hide it. The whole
-rule is measured on the deployed model (bench_deployed, or `search.retrain RUN --recalibrate` on its runs).
+`predict_batch`, to the scoring half clean, full-frame and under the graded policies and a few suite shifts; a fifth
+variant adds the framing check (decision 0011: `calibration.framing_zooms`), with what the check fires on alone and
+what it adds to the flag. Only the OOD flag is scored here: it is the one part of "uncertain" the feature kind
+changes, and ~200 calibration images leave the rarer classes in every 95% set (too few of them for a Mondrian
+quantile), which would hide it. The whole rule is measured on the deployed model (bench_deployed, or
+`search.retrain RUN --recalibrate` on its runs).
 
     clean            right answers flagged OOD (the flag's share of the <= 0.10 target), clean images flagged OOD
                      (~ the 5% asked)
