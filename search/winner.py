@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cellnet.calibrate import Calibration, OODDetector, with_framing
+from cellnet.calibrate import Calibration, OODDetector, untrained_zooms, with_framing
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
@@ -230,14 +230,16 @@ def fold_outputs(
         )
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
-        if calibration.ood is not None and cfg.calibration.framing_zooms:
+        zooms, note = framing_zooms(cfg, config)
+        if calibration.ood is not None and zooms:
             framing = [
-                zoomed_features(model, config, data, data.images[val], kind, cfg.calibration.framing_zooms)
+                zoomed_features(model, config, data, data.images[val], kind, zooms)
                 for model, (_, val) in zip(members, loaded.folds, strict=True)
             ]
             labels = [data.labels[val] for _, val in loaded.folds]
-            ood = with_framing(calibration.ood, framing, labels, cfg.calibration.framing_zooms)
-            calibration = dataclasses.replace(calibration, ood=ood)
+            calibration = dataclasses.replace(calibration, ood=with_framing(calibration.ood, framing, labels, zooms))
+        if calibration.ood is not None and note:
+            calibration = dataclasses.replace(calibration, notes=(*calibration.notes, note))
     except (CheckpointError, CalibrationError) as e:
         if required:
             raise
@@ -272,6 +274,20 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
     kind = str(oof.feature_kind)
     detector = OODDetector(tuple(stats), tuple(thresholds), cfg.calibration.ood_false_alarm, kind, "held-out")
     return dataclasses.replace(cal, ood=detector)
+
+
+def framing_zooms(cfg: ExperimentConfig, config: TrainConfig) -> tuple[tuple[float, ...], str | None]:
+    """The framing check's factors for a winner trained with `config` (`cellnet.calibrate.untrained_zooms`), and a
+    note naming those dropped because the winner trained on them (None when none were)."""
+    asked = cfg.calibration.framing_zooms
+    zooms = untrained_zooms(asked, config.zoom_aug)
+    if zooms == asked:
+        return zooms, None
+    dropped = [z for z in asked if z not in zooms]
+    return zooms, (
+        f"framing check: zooms {dropped} left out (the winner trained with zoom_aug {config.zoom_aug:g}, "
+        f"magnifications down to {2.0**-config.zoom_aug:.2f}x); {f'kept {list(zooms)}' if zooms else 'no check'}"
+    )
 
 
 def fit_refit_ood(
@@ -419,7 +435,7 @@ def calibrate_refit(path: Path, cfg: ExperimentConfig, loaded: SearchData, winne
         winner.oof,
         cfg.calibration.ood_false_alarm,
         seed=cfg.cv.seed,
-        framing_zooms=cfg.calibration.framing_zooms,
+        framing_zooms=framing_zooms(cfg, ckpt.config)[0],
     )
     notes = winner.calibration.notes
     if win.retrain_schedule_epochs != cfg.search.max_epochs:

@@ -29,6 +29,7 @@ from cellnet.calibrate import (
     prediction_sets,
     softmax,
     transferred_threshold,
+    untrained_zooms,
     with_framing,
 )
 from cellnet.errors import CalibrationError, CheckpointError, ConfigError
@@ -322,6 +323,14 @@ def test_the_framing_check_round_trips_and_older_calibrations_have_none() -> Non
     assert Calibration.from_parts(old_meta, old_tensors).ood.framing_means == ()  # type: ignore[union-attr]
     with pytest.raises(CheckpointError, match="ood_framing_means"):
         Calibration.from_parts(old_meta, tensors)  # framing means without their zoom factors
+
+
+@pytest.mark.parametrize(
+    ("zoom_aug", "kept"), [(0.0, (0.55, 0.7)), (0.3, (0.55, 0.7)), (0.6, (0.55,)), (0.8, (0.55,)), (1.0, ())]
+)
+def test_a_model_trained_on_zoom_outs_keeps_only_the_framings_it_never_saw(zoom_aug: float, kept: tuple) -> None:
+    """RandomZoom trains magnifications down to 2**-zoom_aug (0.81x at 0.3, 0.66x at 0.6, 0.57x at 0.8, 0.5x at 1)."""
+    assert untrained_zooms((0.55, 0.7), zoom_aug) == kept
 
 
 @pytest.mark.parametrize(

@@ -516,3 +516,18 @@ def test_the_tta_calibration_of_a_subset_uses_that_subsets_labels(tmp_path: Path
     assert oof.view_labels is not None and np.array_equal(oof.view_labels, data.labels[oof.views_index])
     cal = fit_ensemble_calibration(oof, folds, len(data.classes), make_cfg())
     assert cal.tta is not None and cal.tta.views == 8 and cal.ood is not None
+
+
+def test_the_framing_check_leaves_out_the_zooms_the_winner_trained_on() -> None:
+    """Decision 0011: a winner trained with zoom_aug reads cells shown smaller; the check keeps only smaller ones, and
+    the calibration's notes say what was left out."""
+    from search.winner import framing_zooms
+
+    cfg = parse_config({"name": "x"})
+    assert framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.0})) == ((0.55, 0.7), None)
+    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.6}))
+    assert zooms == (0.55,) and note is not None and "zooms [0.7] left out" in note and "kept [0.55]" in note
+    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 1.0}))
+    assert zooms == () and note is not None and "no check" in note
+    off = parse_config({"name": "x", "calibration": {"framing_zooms": []}})
+    assert framing_zooms(off, off.train_config({"zoom_aug": 1.0})) == ((), None)
