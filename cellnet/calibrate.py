@@ -266,7 +266,7 @@ def fit_mahalanobis(features: Any, labels: Any, num_classes: int) -> Mahalanobis
         raise CalibrationError(
             f"fit_mahalanobis needs features of every class; classes {np.flatnonzero(counts == 0)} have none"
         )
-    means = np.stack([x[y == c].mean(axis=0) for c in range(num_classes)])
+    means = _class_means(x, y, num_classes)
     cov = LedoitWolf(assume_centered=True, store_precision=False).fit(x - means[y]).covariance_
     try:
         factor = scipy.linalg.cho_factor(cov)
@@ -317,7 +317,12 @@ def fit_framing_means(zoomed_features: Any, labels: Any, num_classes: int) -> np
         raise CalibrationError("the framing means need zoomed-out cells of every class")
     if not np.isfinite(z).all():
         raise CalibrationError("zoomed features must be finite")
-    return np.concatenate([np.stack([block[y == c].mean(axis=0) for c in range(num_classes)]) for block in z])
+    return np.concatenate([_class_means(block, y, num_classes) for block in z])
+
+
+def _class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, D) the mean of each class's rows of `x` (every class present: the callers check)."""
+    return np.stack([x[y == c].mean(axis=0) for c in range(num_classes)])
 
 
 def ood_split(labels: Any, holdout: float = OOD_HOLDOUT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -445,10 +450,11 @@ class OODDetector:
         for i, (stats, threshold) in enumerate(zip(self.members, self.thresholds, strict=True)):
             c = self.num_classes
             d = class_distances(x[i], stats, self.framing_means[i] if self.framing_means else None)
-            score = d[:, :c].min(axis=1) / threshold
+            nearest = d[:, :c].min(axis=1)
+            score = nearest / threshold
             margin = None
             if self.framing_means:
-                margin = (d[:, :c].min(axis=1) - d[:, c:].min(axis=1)) / threshold  # > 0: nearer a zoomed-out class
+                margin = (nearest - d[:, c:].min(axis=1)) / threshold  # > 0: nearer a zoomed-out class
                 score = np.where(margin > 0, np.maximum(score, 1.0 + margin), score)
             out.append((score, margin))
         return out

@@ -232,12 +232,8 @@ def fold_outputs(
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
         zooms, note = framing_zooms(cfg, config)
         if calibration.ood is not None and zooms:
-            framing = [
-                zoomed_features(model, config, data, data.images[val], kind, zooms)
-                for model, (_, val) in zip(members, loaded.folds, strict=True)
-            ]
-            labels = [data.labels[val] for _, val in loaded.folds]
-            calibration = dataclasses.replace(calibration, ood=with_framing(calibration.ood, framing, labels, zooms))
+            ood = fit_ensemble_framing(calibration.ood, members, config, data, loaded.folds, zooms)
+            calibration = dataclasses.replace(calibration, ood=ood)
         if calibration.ood is not None and note:
             calibration = dataclasses.replace(calibration, notes=(*calibration.notes, note))
     except (CheckpointError, CalibrationError) as e:
@@ -288,6 +284,23 @@ def framing_zooms(cfg: ExperimentConfig, config: TrainConfig) -> tuple[tuple[flo
         f"framing check: zooms {dropped} left out (the winner trained with zoom_aug {config.zoom_aug:g}, "
         f"magnifications down to {2.0**-config.zoom_aug:.2f}x); {f'kept {list(zooms)}' if zooms else 'no check'}"
     )
+
+
+def fit_ensemble_framing(
+    detector: OODDetector,
+    members: list[CellNet],
+    config: TrainConfig,
+    data: CellData,
+    folds: Folds,
+    zooms: tuple[float, ...],
+) -> OODDetector:
+    """The fold ensemble's `detector` with the framing check (decision 0011): each member's means from its features
+    of its own validation fold zoomed out, as its statistics come from that fold (`fit_ensemble_calibration`)."""
+    framing = [
+        zoomed_features(model, config, data, data.images[val], detector.features, zooms)
+        for model, (_, val) in zip(members, folds, strict=True)
+    ]
+    return with_framing(detector, framing, [data.labels[val] for _, val in folds], zooms)
 
 
 def fit_refit_ood(
