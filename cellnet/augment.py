@@ -6,9 +6,10 @@ Every transform works on uint8 H×W×3 arrays; normalisation to float happens pe
 Blood-cell smears have no canonical orientation, so flips and 90° rotations are label-preserving.
 
 The robustness knobs target the shifts of `cellnet.shifts` (the suite `cellnet evaluate --shifted` measures):
-`zoom_aug` (`RandomZoom`, magnification 2**U(-zoom_aug, zoom_aug), padded with the border background like
-`shifts.zoom`) and `stain_aug` (HEStain Macenko re-staining plus Planckian illumination colour). Both are 0 (off)
-by default, which leaves the pipeline exactly as without them.
+`zoom_aug` (`RandomZoom`, magnification 2**U(-zoom_aug, zoom_aug); a zoom-out mirrors the shrunk image into the
+border, `shifts.zoom_out_mirrored`, so the field around the cell keeps its red cells at the new scale, as a wider field
+of view shows them: decision 0012) and `stain_aug` (HEStain Macenko re-staining plus Planckian illumination colour).
+Both are 0 (off) by default, which leaves the pipeline exactly as without them.
 
 `aug_policy` adds one of the standard automatic policies, torchvision's implementations (`TorchvisionPolicy`):
 RandAugment (2 ops at magnitude 30 x aug_magnitude of 31 bins), TrivialAugmentWide (one op at a random strength, on
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from cellnet.config import AUG_POLICIES as POLICIES
-from cellnet.shifts import MacenkoStain, zoom
+from cellnet.shifts import MacenkoStain, zoom, zoom_out_mirrored
 
 ZOOM_P = 0.8  # share of training images RandomZoom rescales when zoom_aug > 0
 MAX_ZOOM_AUG = 2.0  # largest zoom_aug: magnification 0.25x-4x
@@ -83,7 +84,10 @@ def _torchvision_policy(policy: str, magnitude: float) -> Any:
 
 
 class RandomZoom(A.ImageOnlyTransform):
-    """Magnify about the centre by 2**u, u ~ U(-max_log2, max_log2); zoom-out pads with the border background.
+    """Magnify about the centre by 2**u, u ~ U(-max_log2, max_log2); a zoom-out fills the border by mirroring the
+    shrunk image (`zoom_out_mirrored`): on real cells (decision 0012, validation holdout) that taught full-frame
+    cells far better than a flat background (0.82 vs 0.66 right), since a wider real field shows more, smaller red
+    cells, not an empty margin.
 
     Randomness comes from albumentations' per-transform generator (`self.py_random`), so `set_random_state` (as in
     `cellnet.train.ImageDataset`) or `A.Compose(seed=...)` makes it reproducible.
@@ -99,7 +103,7 @@ class RandomZoom(A.ImageOnlyTransform):
         return {"factor": 2.0 ** self.py_random.uniform(-self.max_log2, self.max_log2)}
 
     def apply(self, img: np.ndarray, factor: float = 1.0, **params: Any) -> np.ndarray:
-        return zoom(img, factor)
+        return zoom_out_mirrored(img, factor) if factor < 1.0 else zoom(img, factor)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("max_log2",)
@@ -138,7 +142,7 @@ def train_transform(
     """RandomZoom (zoom_aug > 0); flips, rot90, affine, colour jitter, blur, noise, dropout; the `policy` at
     `magnitude` (TorchvisionPolicy; "none": off); stain; then resize.
 
-    The zoom comes first, so its background is estimated from the original border. With zoom_aug > 0 it owns the
+    The zoom comes first, so its mirrored field is made of the original image. With zoom_aug > 0 it owns the
     magnification: the Affine keeps its rotation and translation but its scale becomes (1, 1), so the two do not
     multiply into a wider range than zoom_aug says. Stain transforms (`stain_transforms`) run after the other colour
     jitter.

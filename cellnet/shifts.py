@@ -12,7 +12,8 @@ shifts makes "robust" a number that means the same thing everywhere it is measur
 
 Every shift maps uint8 N×H×W×3 RGB to a new array of the same shape and dtype. Geometric shifts (`zoom`) pad with
 the smear background estimated from the image border, never black or a reflection. Training-time zoom (`cellnet.
-augment.RandomZoom`) uses the same `zoom`. Example::
+augment.RandomZoom`) mirrors the field into the border instead (`zoom_out_mirrored`, decision 0012), so the suite's
+flat-padded zoom-outs stay a framing that training did not show. Example::
 
     shifted = shift_suite(val_images)        # {"zoom_out_0.55": ..., "stain_macenko": ..., ...}
     acc = {name: accuracy(model, x) for name, x in shifted.items()}
