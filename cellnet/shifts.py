@@ -100,7 +100,8 @@ def zoom_out_mirrored(image: np.ndarray, factor: float) -> np.ndarray:
     """`image` shrunk by `factor` < 1 about its centre, the border filled by mirroring the shrunk image (OpenCV's
     BORDER_REFLECT_101): the surroundings keep the red cells' texture at the smaller scale, as a wider field of view
     shows them, where `zoom`'s flat background has none. For the OOD flag's framing check (decision 0011: its means
-    from mirrored zoom-outs flagged 95-99% of real full-frame validation cells on their own, from flat ones 61-90%)."""
+    from mirrored zoom-outs flagged 95-99% of real full-frame validation cells on their own, from flat ones 61-90%)
+    and training's `RandomZoom` (decision 0012: full-frame validation cells 0.82 right against 0.66 with flat ones)."""
     f = float(factor)
     if not (np.isfinite(f) and 0 < f < 1):
         raise ValueError(f"a zoom-out factor must be in (0, 1), got {factor}")
