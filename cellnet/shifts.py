@@ -85,15 +85,21 @@ def zoom(image: np.ndarray, factor: float, background: np.ndarray | None = None)
     if round(min(h, w) * f) < 1:
         raise ValueError(f"zoom factor {factor} shrinks a {h}×{w} image to nothing")
     bg = border_background(image) if background is None else np.asarray(background, dtype=image.dtype)
-    # fx/fy (not a rounded dsize) keep the scale exactly `f`; the paste is on whole pixels (<= 0.5 px off-centre)
-    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    small = small.reshape(*small.shape[:2], *image.shape[2:])  # cv2 drops a trailing channel axis of 1
+    small, top, left = _shrunk(image, f)
     sh, sw = small.shape[:2]
     out = np.empty_like(image)
     out[...] = bg
-    top, left = (h - sh) // 2, (w - sw) // 2
     out[top : top + sh, left : left + sw] = small
     return out
+
+
+def _shrunk(image: np.ndarray, f: float) -> tuple[np.ndarray, int, int]:
+    """`image` resized by `f` < 1 (INTER_AREA), and the (top, left) that centre it in the original frame. fx/fy (not
+    a rounded dsize) keep the scale exactly `f`; the placement is on whole pixels (<= 0.5 px off-centre)."""
+    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    small = small.reshape(*small.shape[:2], *image.shape[2:])  # cv2 drops a trailing channel axis of 1
+    h, w = image.shape[:2]
+    return small, (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
 
 
 def zoom_out_mirrored(image: np.ndarray, factor: float) -> np.ndarray:
@@ -106,10 +112,8 @@ def zoom_out_mirrored(image: np.ndarray, factor: float) -> np.ndarray:
     if not (np.isfinite(f) and 0 < f < 1):
         raise ValueError(f"a zoom-out factor must be in (0, 1), got {factor}")
     h, w = image.shape[:2]
-    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    small = small.reshape(*small.shape[:2], *image.shape[2:])
+    small, top, left = _shrunk(image, f)
     sh, sw = small.shape[:2]
-    top, left = (h - sh) // 2, (w - sw) // 2
     out = cv2.copyMakeBorder(small, top, h - sh - top, left, w - sw - left, cv2.BORDER_REFLECT_101)
     return out.reshape(image.shape)
 
