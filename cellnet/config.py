@@ -225,8 +225,9 @@ class CalibrationSpec:
     OOD threshold is set for, what the OOD score measures (`ood_features`: cellnet.constants.FEATURE_KINDS; decision
     0010: with the penultimate stage's statistics it sees cells framed smaller, and flags more mild shifts), and
     whether predicting with `--tta` is calibrated too (scores every training image under the 8 dihedral views once
-    more: 8 inference passes, no training). `framing_zooms`: the OOD flag's framing check (decision 0011: class
-    means of the cells zoomed out by these factors, one more inference pass per factor; [] turns it off)."""
+    more: 8 inference passes, no training). `framing_zooms`: the OOD flag's framing check (decision 0013: a
+    logistic regression telling the cells from their copies zoomed out by these factors, one more inference pass
+    per factor; every winner, zoom-trained or not; [] turns it off)."""
 
     coverage: float = 0.95
     ood_false_alarm: float = 0.05

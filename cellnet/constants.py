@@ -31,6 +31,6 @@ POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS = "pooled", "stage_stats", "pooled+s
 FEATURE_KINDS: tuple[str, ...] = (POOLED, STAGE_STATS, POOLED_AND_STAGE_STATS)
 DEFAULT_FEATURES = POOLED_AND_STAGE_STATS  # what a new calibration measures where the backbone gives its stages
 
-# The OOD flag's framing check (decision 0011): class means of the calibration cells zoomed out by these factors
-# (full-frame PBC images show a cell ~1.8x smaller than the centre crops: 0.55; and a milder 0.7).
+# The OOD flag's framing check (decisions 0011, 0013): a discriminator of the calibration cells from their copies zoomed
+# out by these factors (full-frame PBC images show a cell ~1.8x smaller than the centre crops: 0.55; and a milder 0.7).
 FRAMING_ZOOMS: tuple[float, ...] = (0.55, 0.7)

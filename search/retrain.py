@@ -439,8 +439,11 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
 
 
 def _framing(ood: Any) -> str:
-    """The framing check of an OOD detector in a few words (decision 0011)."""
-    return f"zooms {list(ood.framing_zooms)}" if ood is not None and ood.framing_zooms else "off"
+    """The framing check of an OOD detector in a few words (decisions 0011, 0013)."""
+    if ood is None or not ood.framing_zooms:
+        return "off"
+    how = "discriminator" if ood.framing_weights else "class means"
+    return f"{how} at zooms {list(ood.framing_zooms)}"
 
 
 def _check_run(run_dir: Path, names: Sequence[str]) -> None:

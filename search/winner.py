@@ -7,8 +7,8 @@ finish(cfg, run_dir, grid, loaded, data_ref, started)
              │        scores from the OOF logits -- the same for both deployments; OOD statistics per deployed
              │        model: an ensemble member's from its own validation fold (unseen, 80% fit / 20% threshold); a
              │        refit's from its training images, its threshold transferred from the fold models'
-             │        seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check's zoomed-out class
-             │        means (`calibration.framing_zooms`, decision 0011)
+             │        seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check: a discriminator of
+             │        the cells from their zoom-outs (`calibration.framing_zooms`, decisions 0011, 0013)
              ├─ retrain.mode folds/both: FoldEnsemble(members) ...... best/ (folds) or best_folds/ (both)
              ├─ retrain.mode refit/both: refit on all data (search/retrain.py) ...... best/, then calibrated
              └─ --test: each deployed checkpoint scored once (report/test_<name>/), summary.json's `test`
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cellnet.calibrate import Calibration, OODDetector, untrained_zooms, with_framing
+from cellnet.calibrate import Calibration, OODDetector, with_framing
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
@@ -232,7 +232,7 @@ def fold_outputs(
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
         zooms, note = framing_zooms(cfg, config)
         if calibration.ood is not None and zooms:
-            ood = fit_ensemble_framing(calibration.ood, members, config, data, loaded.folds, zooms)
+            ood = fit_ensemble_framing(calibration.ood, members, config, data, loaded.folds, oof, zooms)
             calibration = dataclasses.replace(calibration, ood=ood)
         if calibration.ood is not None and note:
             calibration = dataclasses.replace(calibration, notes=(*calibration.notes, note))
@@ -273,16 +273,16 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
 
 
 def framing_zooms(cfg: ExperimentConfig, config: TrainConfig) -> tuple[tuple[float, ...], str | None]:
-    """The framing check's factors for a winner trained with `config` (`cellnet.calibrate.untrained_zooms`), and a
-    note naming those dropped because the winner trained on them (None when none were)."""
-    asked = cfg.calibration.framing_zooms
-    zooms = untrained_zooms(asked, config.zoom_aug)
-    if zooms == asked:
+    """The framing check's factors (all of `calibration.framing_zooms`, whatever the winner trained on: decision
+    0013), and a note when the winner trained with `zoom_aug` on some of them (None otherwise): it may read those
+    framings, but its sets and threshold were calibrated on the training framing, so they are flagged all the same."""
+    zooms = cfg.calibration.framing_zooms
+    trained = [z for z in zooms if z >= 2.0**-config.zoom_aug]  # RandomZoom magnifies by 2**U(-zoom_aug, zoom_aug)
+    if not trained:
         return zooms, None
-    dropped = [z for z in asked if z not in zooms]
     return zooms, (
-        f"framing check: zooms {dropped} left out (the winner trained with zoom_aug {config.zoom_aug:g}, "
-        f"magnifications down to {2.0**-config.zoom_aug:.2f}x); {f'kept {list(zooms)}' if zooms else 'no check'}"
+        f"framing check: zooms {trained} flagged although the winner trained on them (zoom_aug {config.zoom_aug:g}): "
+        "its sets and OOD threshold hold for the training framing only (decision 0013)"
     )
 
 
@@ -292,15 +292,19 @@ def fit_ensemble_framing(
     config: TrainConfig,
     data: CellData,
     folds: Folds,
+    oof: OutOfFold,
     zooms: tuple[float, ...],
 ) -> OODDetector:
-    """The fold ensemble's `detector` with the framing check (decision 0011): each member's means from its features
-    of its own validation fold zoomed out, as its statistics come from that fold (`fit_ensemble_calibration`)."""
+    """The fold ensemble's `detector` with the framing check (decisions 0011, 0013): each member's discriminator from
+    its features of its own validation fold (`oof`'s) and of the same cells zoomed out, as its statistics come from
+    that fold (`fit_ensemble_calibration`)."""
+    if oof.features is None:
+        raise CalibrationError("the framing check needs the out-of-fold features of the fold models")
     framing = [
         zoomed_features(model, config, data, data.images[val], detector.features, zooms)
         for model, (_, val) in zip(members, folds, strict=True)
     ]
-    return with_framing(detector, framing, [data.labels[val] for _, val in folds], zooms)
+    return with_framing(detector, [oof.features[val] for _, val in folds], framing, zooms)
 
 
 def fit_refit_ood(
@@ -317,7 +321,7 @@ def fit_refit_ood(
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
     data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
     from statistics that did not see the image (`cellnet.calibrate.fit_ood_transferred`). With `framing_zooms`, the
-    framing check's means from its features of the data zoomed out (decision 0011)."""
+    framing check's discriminator from its features of the data as they are and zoomed out (decision 0013)."""
     from cellnet.calibrate import fit_ood_transferred
 
     if oof.features is None:
@@ -333,7 +337,7 @@ def fit_refit_ood(
     if not framing_zooms:
         return detector
     zoomed = zoomed_features(refit, config, data, data.images, kind, framing_zooms)
-    return with_framing(detector, [zoomed], [data.labels], framing_zooms)
+    return with_framing(detector, [seen], [zoomed], framing_zooms)
 
 
 def zoomed_features(
@@ -344,8 +348,8 @@ def zoomed_features(
     kind: str,
     zooms: tuple[float, ...],
 ) -> np.ndarray:
-    """(F, N, D) `model`'s features of `images` zoomed out by each factor: what the framing check's means are
-    fitted on (one zoom at a time, so only one copy of the images is held)."""
+    """(F, N, D) `model`'s features of `images` zoomed out by each factor: what the framing check's
+    discriminator is fitted on (one zoom at a time, so only one copy of the images is held)."""
     return np.stack([model_features(model, config, data, zoomed_copies(images, (z,))[0], kind) for z in zooms])
 
 

@@ -11,13 +11,15 @@ import pytest
 from safetensors.numpy import load, save
 
 from cellnet.calibrate import (
+    FRAMING_DISCRIMINATOR,
     Calibration,
     ConformalScores,
+    class_distances,
     conformal_p_values,
     coverage_report,
     fit_calibration,
     fit_conformal,
-    fit_framing_means,
+    fit_framing_discriminator,
     fit_mahalanobis,
     fit_ood_transferred,
     fit_temperature,
@@ -29,7 +31,6 @@ from cellnet.calibrate import (
     prediction_sets,
     softmax,
     transferred_threshold,
-    untrained_zooms,
     with_framing,
 )
 from cellnet.errors import CalibrationError, CheckpointError, ConfigError
@@ -259,7 +260,8 @@ def test_a_refits_transferred_threshold_holds_its_false_alarm_rate() -> None:
 def framed_world(seed: int = 6):
     """Gaussian classes plus what "zoomed-out copies" do to them here: every class shrunk lands on one spot offset
     from class 3 (a large cell shown small looks like a platelet), close enough to class 3 that the plain distance
-    lets many through. Returns the calibration, its zoomed features (F=2, N, D) and two samplers."""
+    lets many through. Returns the calibration, its features (N, D) and zoomed features (F=2, N, D), the labels and
+    two samplers."""
     rng = np.random.default_rng(seed)
     d = 16
     draw = gaussian_classes(d, rng)
@@ -280,57 +282,74 @@ def framed_world(seed: int = 6):
 
     zoomed = np.stack([shrunk(len(y)), shrunk(len(y), 1.2)])
     assert np.median(mahalanobis_score(shrunk(500), stats) / cal.ood.thresholds[0]) < 1.0  # the blind spot
-    return cal, zoomed, y, draw, shrunk
+    return cal, x, zoomed, y, draw, shrunk
 
 
-def test_the_framing_check_flags_cells_nearer_a_zoomed_out_class_and_leaves_the_rest_alone() -> None:
-    """Decision 0011: a cell nearer some class's zoomed-out copies than to every class's own mean scores > 1."""
-    cal, zoomed, y, draw, shrunk = framed_world()
+def test_the_framing_check_flags_cells_framed_like_zoom_outs_and_leaves_the_rest_alone() -> None:
+    """Decision 0013: a cell the discriminator calls zoomed out scores > 1 (1 + its logit), whatever its distance."""
+    cal, x, zoomed, y, draw, shrunk = framed_world()
     assert cal.ood is not None
-    framed = with_framing(cal.ood, [zoomed], [y], (0.7, 0.55))
-    assert framed.framing_zooms == (0.55, 0.7) and framed.framing_means[0].shape == (2 * 4, 16)
-    np.testing.assert_allclose(framed.framing_means[0][:4], fit_framing_means(zoomed, y, 4)[:4], rtol=1e-5)
+    framed = with_framing(cal.ood, [x], [zoomed], (0.7, 0.55))
+    assert framed.framing_zooms == (0.55, 0.7) and framed.framing_weights[0].shape == (16 + 1,)
+    assert framed.framing_check == FRAMING_DISCRIMINATOR and cal.ood.framing_check is None
 
     small = shrunk(2000)
+    w = fit_framing_discriminator(x, zoomed)  # the weights are its; the logit is one dot product
+    np.testing.assert_allclose(framed.framing_margin(small), small @ w[:-1] + w[-1], rtol=1e-4, atol=1e-3)
     plain_flags, framed_flags = cal.ood.score(small) > 1, framed.score(small) > 1
-    # nearer the shifted mean than class 3's own unless the draw lies 1.5 spreads against the shift: ~93%
-    assert plain_flags.mean() < 0.6 and framed_flags.mean() > 0.88, (plain_flags.mean(), framed_flags.mean())
+    assert plain_flags.mean() < 0.6 and framed_flags.mean() > 0.95, (plain_flags.mean(), framed_flags.mean())
 
     fresh, _ = draw(10_000)
     plain, checked = cal.ood.score(fresh), framed.score(fresh)
     assert (checked >= plain).all()  # the check only ever adds flags
     changed = checked != plain
-    assert (checked[changed] > 1).all() and changed.mean() < 0.03, changed.mean()  # class 3's far side: ~7% of it
+    # a linear boundary between class 3 and its copies 3 spreads away cuts into class 3's near side: ~4% of all cells
+    assert (checked[changed] > 1).all() and changed.mean() < 0.06, changed.mean()
     fired = framed.framing_margin(fresh) > 0
     assert (fired >= changed).all() and (checked[fired] > 1).all()  # fired: flagged (some were already)
+    nan = framed.score(np.full((1, 16), np.nan, dtype=np.float32))
+    assert np.isnan(nan).all()  # a broken feature vector stays unscored, not "in distribution"
     with pytest.raises(CalibrationError, match="no framing check"):
         cal.ood.framing_margin(fresh)
 
 
-def test_the_framing_check_round_trips_and_older_calibrations_have_none() -> None:
-    cal, zoomed, y, draw, shrunk = framed_world(7)
+def test_the_framing_check_round_trips_and_older_checks_predict_as_they_did() -> None:
+    cal, x, zoomed, y, draw, shrunk = framed_world(7)
     assert cal.ood is not None
-    framed = dataclasses.replace(cal, ood=with_framing(cal.ood, [zoomed], [y], (0.55, 0.7)))
+    framed = dataclasses.replace(cal, ood=with_framing(cal.ood, [x], [zoomed], (0.55, 0.7)))
     meta, tensors = stored(framed)
-    assert meta["ood"]["framing_zooms"] == [0.55, 0.7] and tensors["ood_framing_means"].shape == (1, 8, 16)
+    assert meta["ood"]["framing_zooms"] == [0.55, 0.7] and meta["ood"]["framing_check"] == FRAMING_DISCRIMINATOR
+    assert tensors["ood_framing_weights"].shape == (1, 17) and "ood_framing_means" not in tensors
     back = Calibration.from_parts(meta, tensors)
     probe = np.vstack([draw(200)[0], shrunk(200)])
     np.testing.assert_array_equal(back.ood.score(probe), framed.ood.score(probe))  # type: ignore[union-attr]
 
+    # decision 0011's checkpoints: zoomed-out class means, a meta without `framing_check`
+    means = np.concatenate([np.stack([z[y == c].mean(axis=0) for c in range(4)]) for z in zoomed])
+    old = dataclasses.replace(cal.ood, framing_means=(means,), framing_zooms=(0.55, 0.7))
+    meta, tensors = stored(dataclasses.replace(cal, ood=old))
+    del meta["ood"]["framing_check"]
+    assert set(tensors) >= {"ood_framing_means"} and "ood_framing_weights" not in tensors
+    back_old = Calibration.from_parts(meta, tensors).ood
+    assert back_old is not None and back_old.framing_means[0].shape == (8, 16) and not back_old.framing_weights
+    d = class_distances(probe, cal.ood.members[0], means)
+    margin = (d[:, :4].min(axis=1) - d[:, 4:].min(axis=1)) / cal.ood.thresholds[0]
+    want = np.where(
+        margin > 0, np.maximum(d[:, :4].min(axis=1) / cal.ood.thresholds[0], 1 + margin), cal.ood.score(probe)
+    )
+    np.testing.assert_allclose(back_old.score(probe), want, rtol=1e-5)
+    np.testing.assert_allclose(back_old.framing_margin(probe), margin, rtol=1e-5, atol=1e-6)
+
     old_meta, old_tensors = stored(cal)
-    assert old_meta["ood"]["framing_zooms"] == []
-    del old_meta["ood"]["framing_zooms"]  # written before decision 0011
-    assert Calibration.from_parts(old_meta, old_tensors).ood.framing_means == ()  # type: ignore[union-attr]
+    assert old_meta["ood"]["framing_zooms"] == [] and old_meta["ood"]["framing_check"] is None
+    del old_meta["ood"]["framing_zooms"], old_meta["ood"]["framing_check"]  # written before decision 0011
+    assert Calibration.from_parts(old_meta, old_tensors).ood.framing_check is None  # type: ignore[union-attr]
     with pytest.raises(CheckpointError, match="ood_framing_means"):
         Calibration.from_parts(old_meta, tensors)  # framing means without their zoom factors
-
-
-@pytest.mark.parametrize(
-    ("zoom_aug", "kept"), [(0.0, (0.55, 0.7)), (0.3, (0.55, 0.7)), (0.6, (0.55,)), (0.8, (0.55,)), (1.0, ())]
-)
-def test_a_model_trained_on_zoom_outs_keeps_only_the_framings_it_never_saw(zoom_aug: float, kept: tuple) -> None:
-    """RandomZoom trains magnifications down to 2**-zoom_aug (0.81x at 0.3, 0.66x at 0.6, 0.57x at 0.8, 0.5x at 1)."""
-    assert untrained_zooms((0.55, 0.7), zoom_aug) == kept
+    meta, tensors = stored(framed)
+    meta["ood"]["framing_check"] = "a guess"
+    with pytest.raises(CheckpointError, match="unknown OOD framing_check 'a guess'"):
+        Calibration.from_parts(meta, tensors)
 
 
 @pytest.mark.parametrize(
@@ -343,10 +362,16 @@ def test_a_model_trained_on_zoom_outs_keeps_only_the_framings_it_never_saw(zoom_
     ],
 )
 def test_framing_features_that_do_not_fit_the_detector_are_refused(members: int, zooms, match: str) -> None:
-    cal, zoomed, y, _, _ = framed_world(8)
+    cal, x, zoomed, _, _, _ = framed_world(8)
     assert cal.ood is not None
     with pytest.raises((CalibrationError, ConfigError), match=match):
-        with_framing(cal.ood, [zoomed] * members, [y] * members, zooms)
+        with_framing(cal.ood, [x] * members, [zoomed] * members, zooms)
+    with pytest.raises(CalibrationError, match=r"zoomed features \(1000, 16\) per zoom"):
+        with_framing(cal.ood, [x], [zoomed[:, :1000]], (0.55, 0.7))
+    with pytest.raises(CalibrationError, match="finite features"):
+        fit_framing_discriminator(x, np.where(zoomed == zoomed[0, 0, 0], np.nan, zoomed))
+    with pytest.raises(CalibrationError, match="either discriminator weights or class means"):
+        dataclasses.replace(cal.ood, framing_zooms=(0.55,))
 
 
 def test_ood_threshold_is_the_conformal_rank() -> None:

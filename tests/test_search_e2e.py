@@ -257,7 +257,7 @@ def test_deployed_checkpoints_carry_their_calibration_and_use_it(run: Path) -> N
         assert cal.tta.temperature == pytest.approx(fit_temperature(oof["views"], oof["labels"][chosen]), rel=1e-4)
         assert cal.ood.threshold_from == threshold_from and len(cal.ood.members) == members
         assert cal.ood.features == DEFAULT_FEATURES  # decision 0010: the penultimate stage's statistics too
-        assert cal.ood.framing_zooms == FRAMING_ZOOMS and len(cal.ood.framing_means) == members  # decision 0011
+        assert cal.ood.framing_zooms == FRAMING_ZOOMS and len(cal.ood.framing_weights) == members  # decision 0013
         out = predict_batch(ckpt, images)
         raw = infer(ckpt, images, features=True)
         np.testing.assert_allclose(out.probs, softmax(raw.logits, cal.temperature), atol=1e-6)
@@ -371,11 +371,14 @@ def test_recalibrate_refits_the_deployed_calibrations_in_place_without_training(
     capsys.readouterr()
     weights = {name: (copy / name / "model.safetensors").read_bytes() for name in ("best", "best_folds")}
     assert {load_checkpoint(copy / n).calibration.ood.features for n in weights} == {POOLED}  # type: ignore[union-attr]
-    assert not any(load_checkpoint(copy / n).calibration.ood.framing_means for n in weights)  # type: ignore[union-attr]
+    assert not any(load_checkpoint(copy / n).calibration.ood.framing_check for n in weights)  # type: ignore[union-attr]
     config.write_text(current)
     assert main([str(copy), "--recalibrate"]) == 0
     out = [line for line in capsys.readouterr().out.splitlines() if "recalibrated" in line]
-    changed = f"OOD features {POOLED} -> {DEFAULT_FEATURES}, framing check off -> zooms {list(FRAMING_ZOOMS)}"
+    changed = (
+        f"OOD features {POOLED} -> {DEFAULT_FEATURES}, "
+        f"framing check off -> discriminator at zooms {list(FRAMING_ZOOMS)}"
+    )
     assert len(out) == 2 and all(changed in line for line in out), out
     images = generate(40, 32, seed=23).images
     for name, content in weights.items():

@@ -518,16 +518,17 @@ def test_the_tta_calibration_of_a_subset_uses_that_subsets_labels(tmp_path: Path
     assert cal.tta is not None and cal.tta.views == 8 and cal.ood is not None
 
 
-def test_the_framing_check_leaves_out_the_zooms_the_winner_trained_on() -> None:
-    """Decision 0011: a winner trained with zoom_aug reads cells shown smaller; the check keeps only smaller ones, and
-    the calibration's notes say what was left out."""
+def test_the_framing_check_keeps_its_zooms_for_a_winner_trained_on_them_and_says_so() -> None:
+    """Decision 0013 (undoing 0011's rule): a zoom-trained winner may read cells shown smaller, but its sets and
+    threshold hold for the training framing only; the check keeps every factor, and the notes say which were trained."""
     from search.winner import framing_zooms
 
     cfg = parse_config({"name": "x"})
     assert framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.0})) == ((0.55, 0.7), None)
-    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.6}))
-    assert zooms == (0.55,) and note is not None and "zooms [0.7] left out" in note and "kept [0.55]" in note
-    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 1.0}))
-    assert zooms == () and note is not None and "no check" in note
+    assert framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.3})) == ((0.55, 0.7), None)  # down to 0.81x
+    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 0.6}))  # down to 0.66x
+    assert zooms == (0.55, 0.7) and note is not None and "zooms [0.7] flagged although the winner trained" in note
+    zooms, note = framing_zooms(cfg, cfg.train_config({"zoom_aug": 1.0}))  # down to 0.5x
+    assert zooms == (0.55, 0.7) and note is not None and "zooms [0.55, 0.7]" in note
     off = parse_config({"name": "x", "calibration": {"framing_zooms": []}})
     assert framing_zooms(off, off.train_config({"zoom_aug": 1.0})) == ((), None)
