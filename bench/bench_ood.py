@@ -7,11 +7,12 @@ training part; its validation cells are split by group into a calibration half a
 kind (`cellnet.constants.FEATURE_KINDS`: the pooled last stage, the penultimate stage's per-channel mean/std, both) a
 calibration is fitted on the calibration half (`fit_calibration`, 95% sets, 5% false alarms) and applied, through
 `predict_batch`, to the scoring half clean, full-frame and under the graded policies and a few suite shifts; a fifth
-variant adds the framing check (decision 0011: `calibration.framing_zooms`), with what the check fires on alone and
-what it adds to the flag. Only the OOD flag is scored here: it is the one part of "uncertain" the feature kind
-changes, and ~200 calibration images leave the rarer classes in every 95% set (too few of them for a Mondrian
-quantile), which would hide it. The whole rule is measured on the deployed model (bench_deployed, or
-`search.retrain RUN --recalibrate` on its runs).
+variant adds the framing check (decisions 0011, 0013: `calibration.framing_zooms`; for a recipe trained with
+`zoom_aug`, a sixth keeps only the factors it never trained on, as decision 0011 did and 0013 undid), with what the
+check fires on alone and what it adds to the flag. Only the OOD flag is scored here: it is the one part of
+"uncertain" the feature kind changes, and ~200 calibration images leave the rarer classes in every 95% set (too few
+of them for a Mondrian quantile), which would hide it. The whole rule is measured on the deployed model
+(bench_deployed, or `search.retrain RUN --recalibrate` on its runs).
 
     clean            right answers flagged OOD (the flag's share of the <= 0.10 target), clean images flagged OOD
                      (~ the 5% asked)
@@ -60,7 +61,7 @@ def shifted_sets(val: Any, full: Any, seed: int) -> dict[str, np.ndarray]:
 
 
 def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, Any]]:
-    from bench.bench_robustness import design_model
+    from bench.bench_robustness import RECIPES, design_model
     from cellnet.calibrate import fit_calibration, ood_auroc
     from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, FRAMING_ZOOMS
     from cellnet.data import holdout_split
@@ -73,6 +74,10 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
     images = {name: x[score_idx] for name, x in shifted_sets(val, full, seed).items()}
     rows = []
     variants = [(kind, ()) for kind in FEATURE_KINDS] + [(DEFAULT_FEATURES, FRAMING_ZOOMS)]
+    smallest = 2.0 ** -RECIPES[recipe].get("zoom_aug", 0.0)  # RandomZoom's smallest magnification
+    untrained = tuple(z for z in FRAMING_ZOOMS if z < smallest)
+    if untrained and untrained != FRAMING_ZOOMS:  # what decision 0011 kept for a recipe trained on zoom-outs
+        variants.append((DEFAULT_FEATURES, untrained))
     for kind, zooms in variants:
         out = infer(ckpt, val.images[cal_idx], features=True, feature_kind=kind)
         zoomed = None
@@ -94,7 +99,7 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
         clean_calibrated = preds["clean"].calibrated
         assert clean_calibrated is not None and clean_calibrated.ood_score is not None
         clean_score = clean_calibrated.ood_score
-        label = f"{kind}+framing" if zooms else kind
+        label = kind if not zooms else f"{kind}+framing" + ("" if zooms == FRAMING_ZOOMS else f" {list(zooms)}")
         row: dict[str, Any] = {"seed": seed, "features": label, "dim": int(out.features.shape[-1])}  # type: ignore[union-attr]
         for name, pred in preds.items():
             assert pred.calibrated is not None and pred.calibrated.ood_score is not None
@@ -116,15 +121,15 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
 
 
 def framing_figures(checkpoint: Any, images: np.ndarray, right: np.ndarray) -> dict[str, float | None]:
-    """The framing check (decision 0011) on its own: the share it fires on, of the right answers too, and the share
-    it flags that the distance alone (same statistics and threshold) does not."""
+    """The framing check (decisions 0011, 0013) on its own: the share it fires on, of the right answers too, and the
+    share it flags that the distance alone (same statistics and threshold) does not."""
     from cellnet.calibrate import is_ood
     from cellnet.predict import infer
 
     ood = checkpoint.calibration.ood
     features = _features(infer(checkpoint, images, features=True))
     fired = ood.framing_margin(features) > 0
-    plain = dataclasses.replace(ood, framing_means=(), framing_zooms=())
+    plain = dataclasses.replace(ood, framing_weights=(), framing_means=(), framing_zooms=())
     return {
         "check_fires": float(fired.mean()),
         "check_fires_right": float(fired[right].mean()) if right.any() else None,

@@ -59,6 +59,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lite0_ta": {**LITE, "aug_policy": "trivialaugment", "aug_magnitude": 0.5},
     "lite0_am": {**LITE, "aug_policy": "augmix", "aug_magnitude": 0.5},
     "lite0_zoom_ra": {**LITE, "zoom_aug": 1.0, "aug_policy": "randaugment", "aug_magnitude": 0.5},
+    "lite0_zoom06_ra": {**LITE, "zoom_aug": 0.6, "aug_policy": "randaugment", "aug_magnitude": 0.5},
     "lite0_zoom_am": {**LITE, "zoom_aug": 1.0, "aug_policy": "augmix", "aug_magnitude": 0.5},
     "lite0_zoom_ta": {**LITE, "zoom_aug": 1.0, "aug_policy": "trivialaugment", "aug_magnitude": 0.5},
     "lite0_zoom_stain_am": {**LITE, "zoom_aug": 1.0, "stain_aug": 0.5, "aug_policy": "augmix", "aug_magnitude": 0.5},
