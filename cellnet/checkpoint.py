@@ -271,7 +271,10 @@ def _calibration_from(meta: Any, tensors_path: Path) -> Calibration | None:
         tensors = {k: v.numpy() for k, v in load_file(str(tensors_path)).items()}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{tensors_path}: not a readable safetensors file ({e})") from None
-    return Calibration.from_parts(meta, tensors)
+    try:
+        return Calibration.from_parts(meta, tensors)
+    except CheckpointError as e:  # the calibration's own checks do not know which checkpoint they read
+        raise CheckpointError(f"{tensors_path.parent / META} (calibration): {e}") from None
 
 
 def _build(meta: dict[str, Any], config: TrainConfig, num_classes: int, where: Path) -> CellNet | FoldEnsemble:

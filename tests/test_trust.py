@@ -81,6 +81,25 @@ def test_calibration_round_trips_through_the_checkpoint(checkpoints: tuple[Path,
         load_checkpoint(broken)
 
 
+def test_a_calibration_meta_cellnet_cannot_read_is_one_line_naming_the_checkpoint(
+    checkpoints: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A framing check this cellnet does not know (a newer one, or an edit) is refused, not guessed (decision 0013)."""
+    import json
+    import shutil
+
+    _, calibrated, test = checkpoints
+    edited = tmp_path / "edited"
+    shutil.copytree(calibrated, edited)
+    meta = json.loads((edited / "cellnet.json").read_text())
+    meta["calibration"]["ood"] |= {"framing_zooms": [0.55], "framing_check": "a guess"}
+    (edited / "cellnet.json").write_text(json.dumps(meta))
+    assert main(["predict", "--checkpoint", str(edited), str(test)]) == 2
+    assert_one_line_error(
+        capsys.readouterr().err, f"{edited / 'cellnet.json'} (calibration): unknown OOD framing_check 'a guess'"
+    )
+
+
 def test_predict_adds_sets_and_flags_a_non_cell_image(
     checkpoints: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
