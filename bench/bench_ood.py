@@ -62,6 +62,7 @@ def shifted_sets(val: Any, full: Any, seed: int) -> dict[str, np.ndarray]:
 
 def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, Any]]:
     from bench.bench_robustness import RECIPES, design_model
+    from cellnet.augment import smallest_magnification
     from cellnet.calibrate import fit_calibration, ood_auroc
     from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, FRAMING_ZOOMS
     from cellnet.data import holdout_split
@@ -74,7 +75,7 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
     images = {name: x[score_idx] for name, x in shifted_sets(val, full, seed).items()}
     rows = []
     variants = [(kind, ()) for kind in FEATURE_KINDS] + [(DEFAULT_FEATURES, FRAMING_ZOOMS)]
-    smallest = 2.0 ** -RECIPES[recipe].get("zoom_aug", 0.0)  # RandomZoom's smallest magnification
+    smallest = smallest_magnification(RECIPES[recipe].get("zoom_aug", 0.0))
     untrained = tuple(z for z in FRAMING_ZOOMS if z < smallest)
     if untrained and untrained != FRAMING_ZOOMS:  # what decision 0011 kept for a recipe trained on zoom-outs
         variants.append((DEFAULT_FEATURES, untrained))

@@ -83,6 +83,12 @@ def _torchvision_policy(policy: str, magnitude: float) -> Any:
     return v2.AugMix(severity=max(1, round(10 * magnitude)), mixture_width=3)
 
 
+def smallest_magnification(zoom_aug: float) -> float:
+    """The smallest magnification `RandomZoom(zoom_aug)` trains on, 2**-zoom_aug: framings shown at least this large
+    are ones the model was taught (the OOD framing check notes them, decision 0013)."""
+    return 2.0 ** -float(zoom_aug)
+
+
 class RandomZoom(A.ImageOnlyTransform):
     """Magnify about the centre by 2**u, u ~ U(-max_log2, max_log2); a zoom-out fills the border by mirroring the
     shrunk image (`zoom_out_mirrored`): on real cells (decision 0012, validation holdout) that taught full-frame

@@ -326,10 +326,10 @@ def fit_framing_discriminator(features: Any, zoomed_features: Any) -> np.ndarray
         raise CalibrationError(f"zoomed features must be (F, N, {x.shape[1]}), got shape {z.shape}")
     if not (np.isfinite(x).all() and np.isfinite(z).all()):
         raise CalibrationError("the framing check needs finite features")
+    if len(x) < 2:
+        raise CalibrationError(f"the framing check needs at least 2 cells and their zoom-outs, got {len(x)}")
     both = np.concatenate([x, z.reshape(-1, x.shape[1])])
     zoomed = np.r_[np.zeros(len(x)), np.ones(len(both) - len(x))]
-    if len(x) < 2 or len(both) == len(x):
-        raise CalibrationError(f"the framing check needs at least 2 cells and their zoom-outs, got {len(x)}")
     scaler = StandardScaler().fit(both)
     model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(scaler.transform(both), zoomed)
     w = model.coef_[0] / scaler.scale_

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cellnet.augment import smallest_magnification
 from cellnet.calibrate import Calibration, OODDetector, with_framing
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
@@ -277,7 +278,7 @@ def framing_zooms(cfg: ExperimentConfig, config: TrainConfig) -> tuple[tuple[flo
     0013), and a note when the winner trained with `zoom_aug` on some of them (None otherwise): it may read those
     framings, but its sets and threshold were calibrated on the training framing, so they are flagged all the same."""
     zooms = cfg.calibration.framing_zooms
-    trained = [z for z in zooms if z >= 2.0**-config.zoom_aug]  # RandomZoom magnifies by 2**U(-zoom_aug, zoom_aug)
+    trained = [z for z in zooms if z >= smallest_magnification(config.zoom_aug)]
     if not trained:
         return zooms, None
     return zooms, (
