@@ -1,9 +1,10 @@
 """What a lab gets from the recommended space: its deployed model on held-out real cells -- clean, in another framing,
 under the shift suite and graded policies, with and without --adapt -- and whether its trust promises hold there.
 
-For each split seed of ../shared/data/pbc-sample (bench/real_data.py; `--framing`, default crop200 = the MedMNIST
-framing, the cell filling much of the 64 px frame): `python -m search.run SPACE` on the 80% (timed: data, search,
-calibration, refit), then its deployed best/ is scored once on the held-out 20%:
+For each seed (`--seeds`: the search's seed, hence its folds and TPE draws), on ../shared/data/pbc-sample
+(bench/real_data.py; `--framing`, default crop200 = the MedMNIST framing, the cell filling much of the 64 px frame):
+`python -m search.run SPACE --seed S` on the whole design part (~1,820 cells; timed: data, search, calibration,
+refit), then its deployed best/ is scored once on the report part (~750 cells no choice has seen):
 
     clean / TTA            accuracy; coverage of the 95% sets, overall and the lowest class with >= 30 cells
     other framing          the same cells full-frame (the cell ~1.8x smaller) or centre-cropped
@@ -60,13 +61,13 @@ def trust(ckpt: Any, data: Any, *, tta: bool = False) -> dict[str, Any]:
 
 def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalibrate: bool = False) -> dict[str, Any]:
     from bench.bench_robustness import scores
-    from bench.real_data import split
+    from bench.real_data import report_split
     from cellnet.checkpoint import load_checkpoint
     from cellnet.data.clean import save_npz
     from cellnet.predict import predict_batch
 
-    train, test = split(size, seed, framing)
-    _, other = split(size, seed, OTHER[framing])
+    train, test = report_split(size, framing)
+    _, other = report_split(size, OTHER[framing])
     assert list(other.ids) == list(test.ids)
     run_dir = out / "search"
     if recalibrate:  # the run searched before: its deployed model, calibrated again by this cellnet
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.seeds
     ]
     print(
-        f"\n# deployed model of {args.space.name} ({args.label}), trained on {args.framing}, held-out 20% of "
-        f"seeds {args.seeds} (mean ± sd)"
+        f"\n# deployed model of {args.space.name} ({args.label}), trained on the design part in {args.framing}, "
+        f"scored on the report part, seeds {args.seeds} (mean ± sd)"
     )
     print(table(rows))
     dump_json(args.json, rows)

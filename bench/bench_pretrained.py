@@ -3,19 +3,19 @@
 On ../shared/data/pbc-sample at 64 px (bench/real_data.py), each recipe is one `cellnet.train.fit` (2 threads, no
 early stopping, the whole schedule) on a training part and is scored once on an evaluation part:
 
-    --split design (default)  train on the inner 80% of split s's training part, score on its inner 20% -- where
-                              recipes and defaults are chosen; split s's held-out 20% is never touched
-    --split test              train on split s's 80%, score on its held-out 20% -- the report, for recipes already
-                              chosen (never to choose one); also the held-out cells under the shift suite
+    --split design (default)  design split s (bench/real_data.py): train on 80% of the design part, score on the
+                              other 20% -- where recipes and defaults are chosen; the report part is never touched
+    --split report            train on the whole design part, score on the report part -- for recipes already
+                              chosen (never to choose one); also the report cells under the shift suite
 
 Recipes (RECIPES) are TrainConfig fields on top of spaces/cpu_small.yaml's first trial (bench/real_data.py
 FIRST_TRIAL: resnet10t from scratch). `epochs` may be "budget:<seconds>": as many epochs as fit in that wall time,
 sized from a timed probe of a few batches (so recipes can be compared at equal wall time). The `plain` recipe is
 bench/plain_timm.py (resnet18 from scratch, flips) at the same budget as the first recipe. Reported per recipe (mean
-± sd over seeds): accuracy, macro F1, wall time, training images/s; with --split test the shift suite's mean and
+± sd over seeds): accuracy, macro F1, wall time, training images/s; with --split report the shift suite's mean and
 worst accuracy.
 
-    .venv/bin/python -m bench.bench_pretrained [--split design|test] [--seeds 0 1 2] [--recipes A B ...] [--json F]
+    .venv/bin/python -m bench.bench_pretrained [--split design|report] [--seeds 0 1 2] [--recipes A B ...] [--json F]
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def parts(which: str, seed: int, size: int) -> tuple[Any, Any]:
-    from bench.real_data import design_split, split
+    from bench.real_data import design_split, report_split
 
-    return design_split(size, seed=seed, framing="full") if which == "design" else split(size, seed, "full")
+    return design_split(size, seed=seed, framing="full") if which == "design" else report_split(size, "full")
 
 
 def images_per_s(config: Any, train: Any, batches: int = 6) -> float:
@@ -165,7 +165,7 @@ def table(rows: list[dict[str, Any]], recipes: list[str], shifted: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, "skip (no small mode: 2-6 min per run)")
-    parser.add_argument("--split", choices=("design", "test"), default="design")
+    parser.add_argument("--split", choices=("design", "report"), default="design")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="+", default=["scratch_resnet10t", "lite0_96_e6"], choices=sorted(RECIPES))
     parser.add_argument("--size", type=int, default=64)
@@ -179,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         first_wall = float("nan")
         for recipe in args.recipes:
             budget = first_wall if np.isfinite(first_wall) else 120.0
-            row = one_run(recipe, seed, train, test, shifted=args.split == "test", plain_budget=budget)
+            row = one_run(recipe, seed, train, test, shifted=args.split == "report", plain_budget=budget)
             if not np.isfinite(first_wall):
                 first_wall = row["wall_s"]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_shift"}), flush=True)
-    where = "inner validation holdout (choices)" if args.split == "design" else "held-out 20% (report only)"
+    where = "inner validation holdout (choices)" if args.split == "design" else "report part (report only)"
     print(f"\n# recipes on pbc-sample at {args.size}px, seeds {args.seeds}, scored on the {where} (mean ± sd)")
-    print(table(rows, args.recipes, args.split == "test"))
+    print(table(rows, args.recipes, args.split == "report"))
     dump_json(args.json, rows)
     return 0
 

@@ -1,21 +1,21 @@
 """The duel: does the recommended search beat a plain hand-written script on real cells at equal wall-clock time?
 
-On ../shared/data/pbc-sample (2,579 PBC JPEGs) at 64 px, for each split seed (grouped stratified 80/20, cleaned;
-bench/real_data.py):
+On ../shared/data/pbc-sample (2,579 PBC JPEGs) at 64 px, for each seed (the search's; bench/real_data.py):
 
-    80% ──> python -m search.run SPACE (retrain.mode both: the refit in best/, the fold ensemble in best_folds/)
+    design part ──> python -m search.run SPACE (retrain.mode both: the refit in best/, the fold ensemble in best_folds/)
        │        total wall W (data, search, out-of-fold calibration, refit), all measured
        └──> bench/plain_timm.py: resnet18 from scratch, AdamW 1e-3 / wd 0.05, one-cycle, flips, batch 64, given as
             many epochs as fit in W
-    20% ──> each model scored once (accuracy, macro F1); nothing of it was seen by anything that trained or chose
+    report part ──> each model scored once (accuracy, macro F1); nothing of it was seen by anything that trained or
+                    chose
 
 Both deployments come from the same run and are compared with the same plain run at W (the whole run, refit
 included). The fold ensemble needs no retrain: it was deployable at W_folds < W (also reported), so the comparison
 is conservative for it. Mean ± sd over seeds of test accuracy and macro-F1 for: plain script, refit winner, fold
 ensemble. `--set search.time_budget_s=... --set search.max_epochs=...` make the smaller runs of the second table.
 
-`--design` instead runs the same duel inside split 0's training 80% (an inner grouped 80/20 holdout as the "test"):
-what spaces and settings are chosen on, so that no choice looks at a split reported as a test result.
+`--design` instead runs the same duel inside design split `seed` (a grouped 80/20 holdout of the design part as the
+"test"): what spaces and settings are chosen on, so that no choice looks at the report part.
 
     .venv/bin/python -m bench.bench_real_cells [--space spaces/cpu_small.yaml] [--seeds 0 1 2] [--out DIR]
         [--design] [--json out.json] [--set key=value ...]
@@ -97,15 +97,12 @@ def space_with(space: Path, sets: list[str], out: Path) -> Path:
 
 
 def duel(seed: int, space: Path, out: Path, *, design: bool, image_size: int) -> dict[str, Any]:
-    """One split: search (both deployments) vs the plain script at the search's wall time, scored on the 20%."""
-    from bench.real_data import split
-    from cellnet.data import holdout_split
+    """One seed: search (both deployments) vs the plain script at the search's wall time, trained on the design part
+    and scored on the report part (`design`: a design split's 80/20 holdout instead)."""
+    from bench.real_data import design_split, report_split
     from cellnet.data.clean import save_npz
 
-    train, test = split(image_size, seed)
-    if design:  # the inner holdout of split `seed`'s training part plays the test set
-        tr, te = holdout_split(train.labels, train.groups, 0.2, seed, classes=train.classes)
-        train, test = train.subset(tr), train.subset(te)
+    train, test = design_split(image_size, seed=seed) if design else report_split(image_size)
     out.mkdir(parents=True, exist_ok=True)
     train_npz, test_npz = save_npz(train, out / "train.npz"), save_npz(test, out / "test.npz")
     py = sys.executable
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "cpu_small.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--design", action="store_true", help="duel inside split 0's training part (for choices)")
+    parser.add_argument("--design", action="store_true", help="duel inside design split SEED (for choices)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the space")
     parser.add_argument("--out", type=Path, default=BENCH_OUT)
     args = parser.parse_args(argv)
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_out(args.out)
     space = space_with(args.space, args.set, args.out)
     rows = [duel(s, space, args.out / f"seed{s}", design=args.design, image_size=args.image_size) for s in args.seeds]
-    what = "design holdout inside split 0" if args.design else "held-out 20%"
+    what = "design holdout" if args.design else "report part"
     print(
         f"\n# duel on pbc-sample at {args.image_size}px, {args.space.name} {' '.join(args.set)}, "
         f"seeds {args.seeds}, {what}"

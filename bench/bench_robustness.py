@@ -6,9 +6,10 @@ framing, under the shift suite and under the standard augmentation policies at g
 MedMNIST framing) and `full` (the whole 360x363 JPEG: the cell ~1.8x smaller) -- the same ids in both, cleaned, a
 grouped stratified 80/20 split per seed. For each seed, training framing and recipe, one single run
 (`cellnet.train.fit`, fixed epochs, no early stopping, 2 threads) on the training part, then scored once on the
-evaluation part -- `--split design` (the default): the inner 80/20 holdout of the seed's training 80%, where
-recipes are compared and defaults chosen (decision records cite these); `--split test`: the held-out 20%, for
-reporting a recipe already chosen (never to choose one):
+evaluation part -- `--split design` (the default): design split `seed` (an 80/20 holdout of the design part,
+bench/real_data.py), where recipes are compared and defaults chosen (decision records cite these); `--split report`:
+trained on the whole design part, scored on the report part, for reporting a recipe already chosen (never to
+choose one):
 
     clean           the evaluation cells in the training framing
     other framing   the same cells in the other framing (what another lab's microscope/crop does)
@@ -23,7 +24,7 @@ reporting a recipe already chosen (never to choose one):
 Recipes (`RECIPES`) are TrainConfig fields on top of spaces/cpu_small.yaml's round-2 first point (resnet10t from
 scratch); `lite0*` fine-tune the packaged ImageNet EfficientNet-Lite0 at 96 px (the recipe of bench_pretrained).
 
-    .venv/bin/python -m bench.bench_robustness [--split design|test] [--seeds 0 1 2] [--recipes A B ...]
+    .venv/bin/python -m bench.bench_robustness [--split design|report] [--seeds 0 1 2] [--recipes A B ...]
         [--framings crop200 full] [--adapt] [--json out.json]
 """
 
@@ -134,12 +135,12 @@ def design_model(recipe: str, seed: int, epochs: int, size: int = 64) -> tuple[A
 def one_run(
     seed: int, framing: str, recipe: str, epochs: int, size: int, which: str = "design", adapt: bool = False
 ) -> dict[str, Any]:
-    from bench.real_data import FIRST_TRIAL, design_split, split
+    from bench.real_data import FIRST_TRIAL, design_split, report_split
     from cellnet.checkpoint import in_memory
     from cellnet.train import fit
 
     def parts(f: str) -> tuple[Any, Any]:
-        return design_split(size, seed=seed, framing=f) if which == "design" else split(size, seed, f)
+        return design_split(size, seed=seed, framing=f) if which == "design" else report_split(size, f)
 
     train, _ = parts(framing)
     tests = {f: parts(f)[1] for f in ("crop200", "full")}
@@ -190,7 +191,7 @@ def print_tables(rows: list[dict[str, Any]], framings: list[str], recipes: list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, "skip (no small mode: ~3 min per run)")
-    parser.add_argument("--split", choices=("design", "test"), default="design", help="where the runs are scored")
+    parser.add_argument("--split", choices=("design", "report"), default="design", help="where the runs are scored")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=14, help="epochs of recipes that do not set their own")
     parser.add_argument("--size", type=int, default=64)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for framing in args.framings
         for recipe in args.recipes
     ]
-    where = "inner validation holdout (choices)" if args.split == "design" else "held-out 20% (report only)"
+    where = "inner validation holdout (choices)" if args.split == "design" else "report part (report only)"
     print(f"\n# robustness on pbc-sample at {args.size}px, seeds {args.seeds}, scored on the {where} (mean ± sd)")
     print_tables(rows, args.framings, args.recipes)
     dump_json(args.json, rows)

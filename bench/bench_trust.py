@@ -1,9 +1,10 @@
 """Can the deployed models' confidence be trusted? Calibration, coverage and flags on held-out real cells.
 
 Reads the duel's runs (bench/bench_real_cells.py, default runs/bench-real-cells/seed<N>/): for each seed, the
-calibrated refit (best/) and fold ensemble (best_folds/) of the search, scored on that seed's held-out 20% --
-in the framing they were trained on (`full`: the whole JPEG at 64 px) and the same cells centre-cropped (`crop200`,
-the MedMNIST framing, the cell ~1.8x larger: what another lab's crop does). Nothing here is fitted or chosen.
+calibrated refit (best/) and fold ensemble (best_folds/) of the search, scored on the report part (the duel's
+test.npz) -- in the framing they were trained on (`full`: the whole JPEG at 64 px) and the same cells
+centre-cropped (`crop200`, the MedMNIST framing, the cell ~1.8x larger: what another lab's crop does). Nothing
+here is fitted or chosen.
 
 Reported per deployment (mean over seeds) against issue 14's targets:
     ECE before -> after the temperature (clean)                    target after <= 0.02

@@ -1,21 +1,30 @@
 """Real cells for the benchmarks: ../shared/data/pbc-sample (2,579 PBC JPEGs of 360x363 px, one folder per class).
 
-    load_pbc(size, framing)  "full": the whole JPEG resized (what `cellnet`'s folder SOURCE does; the cell is ~1/5
-                             of the frame) | "crop200": the centre 200x200 px, then resized (the MedMNIST framing;
-                             the cell ~1.8x larger). Same ids in both framings, so a split applies to both.
-    split(data, seed)        cleaned (duplicates, conflicts, outliers: computed on the full framing), then a
-                             grouped stratified 80/20 split; nothing of the 20% is seen by anything that trains.
-    design_split(size)       the inner 80/20 holdout of split 0's training part: where settings are chosen (other
-                             seeds and framings: the same inner holdout of that split, for choices over seeds).
-    FIRST_TRIAL              round 2's first trial of spaces/cpu_small.yaml (resnet10t from scratch) as TrainConfig
-                             fields (device: cpu): the base the recipes of bench_pretrained/bench_robustness modify.
+    load_pbc(size, framing)   "full": the whole JPEG resized (what `cellnet`'s folder SOURCE does; the cell is ~1/5
+                              of the frame) | "crop200": the centre 200x200 px, then resized (the MedMNIST framing;
+                              the cell ~1.8x larger). Same ids in both framings, so a split applies to both.
+    cleaned(size, framing)    the cells `cellnet.data.clean` keeps (computed once, on the full framing) with their
+                              near-duplicate groups
+    report_part(ids, groups)  THE RULE: a near-duplicate group belongs to the report part when the sha256 of its
+                              first id (sorted) falls in the lowest REPORT_FRACTION (30%) of the hash range. Fixed
+                              for good, by content ids only (no seed), so no choice ever sees these cells and a group
+                              never straddles the line.
+    report_split(size)        (design part, report part): the ~70% where settings are chosen, the ~30% reported on.
+                              Deployed models (bench_deployed, bench_new_lab) train on the whole design part (a seed
+                              varies the search) and are scored once on the report part.
+    design_split(size, seed)  a grouped stratified 80/20 holdout of the design part, drawn by `seed`: where recipes and
+                              defaults are chosen (several seeds = several draws from the same design part).
+    FIRST_TRIAL               round 2's first trial of spaces/cpu_small.yaml (resnet10t from scratch) as TrainConfig
+                              fields (device: cpu): the base the recipes of bench_pretrained/bench_robustness modify.
 
-Never used by tests (tests must not depend on ../shared).
+Every split function asserts that what it returns for choosing holds no report cell. Never used by tests (tests must
+not depend on ../shared); `report_part` is a pure function of ids, tested on made-up ones.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -42,8 +51,24 @@ FIRST_TRIAL: dict[str, Any] = {
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc-sample"
+OTHER_LABS = REPO.parent / "shared" / "data" / "other-labs"
 FRAMINGS = ("full", "crop200")
 CROP = 200
+REPORT_FRACTION = 0.3
+
+
+def report_part(ids: np.ndarray, groups: np.ndarray | None = None, fraction: float = REPORT_FRACTION) -> np.ndarray:
+    """(N,) bool: the cells of the report part. A group (default: each cell its own) is in it when
+    sha256(its first id, sorted) / 2**256 < `fraction`; every cell of a group lands on the same side."""
+    ids = np.asarray(ids).astype(str)
+    groups = np.arange(len(ids)) if groups is None else np.asarray(groups)
+    if groups.shape != ids.shape:
+        raise ValueError(f"groups {groups.shape} and ids {ids.shape} differ in shape")
+    first: dict[Any, str] = {}
+    for i, g in zip(ids.tolist(), groups.tolist()):
+        first[g] = min(first.get(g, i), i)
+    chosen = {g for g, i in first.items() if int(hashlib.sha256(i.encode()).hexdigest(), 16) < fraction * 2**256}
+    return np.fromiter((g in chosen for g in groups.tolist()), dtype=bool, count=len(ids))
 
 
 def _read(path: Path, size: int, framing: str) -> np.ndarray:
@@ -86,29 +111,39 @@ def cleaned_ids(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[np.ndarray, 
     return kept.ids, kept.groups
 
 
-def split(
-    size: int = 64, seed: int = 0, framing: str = "full", root: Path = DEFAULT_DATA, test_fraction: float = 0.2
-) -> tuple[CellData, CellData]:
-    """(train, test): the cleaned cells in `framing`, grouped stratified split by `seed` (same ids in any framing)."""
-    from cellnet.data import holdout_split
-
+def cleaned(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -> CellData:
+    """The cleaned cells in `framing`, with their near-duplicate groups (ids in load order)."""
     data = load_pbc(size, framing, root)
     ids, groups = cleaned_ids(size, root)
-    keep = np.flatnonzero(np.isin(data.ids, ids))
-    data = data.subset(keep)
+    data = data.subset(np.flatnonzero(np.isin(data.ids, ids)))
     order = {i: k for k, i in enumerate(ids)}
-    data = replace(data, groups=groups[[order[i] for i in data.ids]])
-    train_idx, test_idx = holdout_split(data.labels, data.groups, test_fraction, seed, classes=data.classes)
-    return data.subset(train_idx), data.subset(test_idx)
+    return replace(data, groups=groups[[order[i] for i in data.ids]])
+
+
+def report_split(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -> tuple[CellData, CellData]:
+    """(design part, report part) of the cleaned cells in `framing` (the rule: `report_part`)."""
+    data = cleaned(size, framing, root)
+    report = report_part(data.ids, data.groups)
+    design, held = data.subset(np.flatnonzero(~report)), data.subset(np.flatnonzero(report))
+    assert not set(design.ids) & set(held.ids)
+    return design, held
 
 
 def design_split(
-    size: int = 64, root: Path = DEFAULT_DATA, *, seed: int = 0, framing: str = "full"
+    size: int = 64, root: Path = DEFAULT_DATA, *, seed: int = 0, framing: str = "full", val_fraction: float = 0.2
 ) -> tuple[CellData, CellData]:
-    """(train, val): the grouped stratified 80/20 holdout of split `seed`'s training part (same ids in any framing);
-    split `seed`'s test 20% stays unseen. Seed 0 is where settings are chosen."""
+    """(train, val): the grouped stratified holdout (`val_fraction`) of the design part drawn by `seed` (same ids in
+    any framing). Where settings are chosen; the report part is never in it (asserted)."""
     from cellnet.data import holdout_split
 
-    outer_train, _ = split(size, seed=seed, framing=framing, root=root)
-    tr, va = holdout_split(outer_train.labels, outer_train.groups, 0.2, seed, classes=outer_train.classes)
-    return outer_train.subset(tr), outer_train.subset(va)
+    design, _ = report_split(size, framing, root)
+    tr, va = holdout_split(design.labels, design.groups, val_fraction, seed, classes=design.classes)
+    train, val = design.subset(tr), design.subset(va)
+    assert not (report_part(train.ids, train.groups).any() or report_part(val.ids, val.groups).any())
+    return train, val
+
+
+def assert_design_only(ids: np.ndarray, groups: np.ndarray | None = None) -> None:
+    """For a benchmark that builds its own split: none of `ids` may be a report cell."""
+    held = report_part(ids, groups)
+    assert not held.any(), f"{int(held.sum())} report cells used for a choice (e.g. {np.asarray(ids)[held][:3]})"
