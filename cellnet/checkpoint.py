@@ -40,7 +40,8 @@ from torch import nn
 from cellnet.config import TRAIN_FIELDS, TrainConfig
 from cellnet.errors import CheckpointError
 from cellnet.files import jsonable, replace_dir, sha256_file, write_json
-from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
+from cellnet.model import CellNet, FoldEnsemble, build_model
+from cellnet.weights import check_state_dict
 
 if TYPE_CHECKING:
     from cellnet.calibrate import Calibration

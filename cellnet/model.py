@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from cellnet.config import TrainConfig
 from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, IMAGENET_MEAN, IMAGENET_STD, POOLED, STAGE_STATS
 from cellnet.errors import CheckpointError, ConfigError
+from cellnet.weights import create_backbone
 
 
 class CellNet(nn.Module):
@@ -137,8 +137,6 @@ def build_head(
 def build_model(config: TrainConfig, num_classes: int) -> CellNet:
     """The model `config` describes, with ImageNet weights in the backbone when `config.pretrained` (true: or an
     error; "auto": where an offline source has them). `weights_source` on the result says where they came from."""
-    from cellnet.weights import create_backbone
-
     backbone, source = create_backbone(config.backbone, pretrained=config.pretrained, weights_file=config.weights_file)
     head = build_head(
         feature_dim(backbone),
@@ -158,48 +156,6 @@ def feature_dim(backbone: nn.Module) -> int:
     if not isinstance(width, int):
         raise ConfigError(f"{type(backbone).__name__} does not report its feature width (head_hidden_size)")
     return width
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a torch state dict (possibly wrapped in 'state_dict'/'model'); no pickle."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: object = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"weights file {str(path)!r} could not be read as safetensors or a torch state dict ({e})"
-        ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"weights file {str(path)!r} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
-    """Raise CheckpointError naming the first missing/unexpected/mis-shaped keys of `state` for `model`."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if extra:
-        problems.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-    if problems:
-        raise CheckpointError(f"{where} does not match the model: " + ", ".join(problems))
 
 
 def model_normalisation(model: nn.Module) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

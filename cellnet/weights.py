@@ -73,6 +73,19 @@ class WeightsSource:
         return f"{self.kind}: {self.detail}"
 
 
+PATH_KINDS = ("timm-cache", "weights_file")  # sources whose detail is a path, which may differ from node to node
+
+
+def weights_identity(described: str | None) -> str:
+    """What the folds of a trial and its refit must agree on to have started from the same weights, from
+    `WeightsSource.describe()` (None or "none": random initialisation): the source's kind and file name (a path
+    differs between the nodes of a cluster, the file does not), or the whole description (package, hub)."""
+    if not described or described == "none":
+        return "none"
+    kind, _, detail = described.partition(": ")
+    return f"{kind}: {Path(detail).name}" if kind in PATH_KINDS else described
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The offline sources
 
@@ -213,6 +226,9 @@ def _efficientnet_pytorch_names(source: dict[str, torch.Tensor], model: nn.Modul
 
 
 CONVERTERS = {"efficientnet-pytorch": _efficientnet_pytorch_names}
+# Bumped whenever a converter's output changes: the cache is keyed by it, so a fixed converter never serves a file
+# its older self wrote.
+CONVERTER_VERSIONS = {"efficientnet-pytorch": 1}
 
 
 def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module, layout: str) -> dict[str, torch.Tensor]:
@@ -241,11 +257,12 @@ def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module, layout
 
 def converted_file(entry: WeightsPackage, path: Path) -> Path:
     """The package's weights converted to timm's layout as safetensors in the cache (converted on first use, keyed
-    by the source file's sha256, written atomically; every later fold worker and refit reads it directly)."""
+    by the source file's sha256 and the converter's version, written atomically; every later fold worker and refit
+    reads it directly)."""
     import timm
     from safetensors.torch import save_file
 
-    dest = cache_dir() / "weights" / f"{entry.backbone}-{sha256_file(path)[:16]}.safetensors"
+    dest = cache_dir() / "weights" / converted_name(entry, sha256_file(path))
     if dest.is_file():
         return dest
     try:
@@ -260,8 +277,15 @@ def converted_file(entry: WeightsPackage, path: Path) -> Path:
         raise CheckpointError(f"{path} ({entry.distribution}): {e}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
-        save_file(state, str(tmp), metadata={"source": path.name, "layout": "timm", "backbone": entry.backbone})
+        meta = {"source": path.name, "layout": "timm", "backbone": entry.backbone}
+        save_file(state, str(tmp), metadata=meta | {"converter": f"{entry.layout} v{CONVERTER_VERSIONS[entry.layout]}"})
     return dest
+
+
+def converted_name(entry: WeightsPackage, sha256: str) -> str:
+    """The cache file name of `entry`'s converted weights: the backbone, the source file's hash and the converter's
+    layout and version."""
+    return f"{entry.backbone}-{sha256[:16]}-{entry.layout}-v{CONVERTER_VERSIONS[entry.layout]}.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,14 +352,54 @@ def create_backbone(
     return model, source
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch state dict (possibly wrapped in 'state_dict'/'model'); no pickle."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # deferred like converted_file's: only .safetensors need it
+
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"weights file {str(path)!r} could not be read as safetensors or a torch state dict ({e})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
+    """Raise CheckpointError naming the first missing/unexpected/mis-shaped keys of `state` for `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+    if problems:
+        raise CheckpointError(f"{where} does not match the model: " + ", ".join(problems))
+
+
 def load_backbone_weights(model: nn.Module, path: str | Path, *, where: str = "weights_file") -> None:
     """Load a backbone state dict (safetensors, or a torch file read with weights_only=True) strictly.
 
     Keys of the ImageNet classifier (timm's `pretrained_cfg["classifier"]`) are dropped, since the backbone has none;
     any other missing, unexpected or mis-shaped key is an error rather than a partly random backbone.
     """
-    from cellnet.model import check_state_dict, read_state_dict
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{where} {str(path)!r} does not exist")
@@ -349,8 +413,9 @@ def load_backbone_weights(model: nn.Module, path: str | Path, *, where: str = "w
 
 
 def offline_table(backbones: Iterable[str]) -> list[tuple[str, str, str]]:
-    """(backbone, "yes"/"no", where from or how to get them) per backbone, for `cellnet weights`. An unknown name is
-    a ConfigError."""
+    """(backbone, "yes"/"no", where from or how to get them) per backbone, for `cellnet weights`. "yes" only where the
+    weights load into the backbone (a package's converted into the cache first): a file that exists but does not
+    convert or load is "no" with the reason. An unknown name is a ConfigError."""
     import timm
 
     rows = []
@@ -359,7 +424,12 @@ def offline_table(backbones: Iterable[str]) -> list[tuple[str, str, str]]:
             raise ConfigError(f"backbone {name!r} is not a timm model name")
         source = find_offline(name)
         if source is not None:
-            rows.append((name, "yes", source.describe()))
+            try:
+                create_backbone(name, pretrained=True)  # what a trial would do: convert, load strictly
+            except (CheckpointError, ConfigError) as e:
+                rows.append((name, "no", f"{source.describe()} does not load: {e}"))
+            else:
+                rows.append((name, "yes", source.describe()))
             continue
         cfg = _pretrained_cfg(name)
         where = cfg.get("hf_hub_id") or cfg.get("url")

@@ -25,8 +25,9 @@ from cellnet.config import TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CheckpointError
 from cellnet.files import atomic_path
-from cellnet.model import CellNet, FoldEnsemble, build_model, check_state_dict
+from cellnet.model import CellNet, FoldEnsemble, build_model
 from cellnet.predict import infer
+from cellnet.weights import check_state_dict
 from search.paths import OOF_FILE, TRAIN_DIR
 from search.trainable import FOLDS_DIR, fold_model_path
 
