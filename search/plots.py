@@ -17,7 +17,7 @@ import pandas as pd
 
 from cellnet.config import ExperimentConfig, Param
 from cellnet.files import atomic_path
-from search.results import params_of
+from search.trial_row import params_of
 
 __all__ = ["param_importances", "plot_search"]
 

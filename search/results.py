@@ -29,6 +29,8 @@ import pandas as pd
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
+from search.plots import plot_search
+from search.trial_row import missing, params_of
 
 log = logging.getLogger(__name__)
 STATUSES = ("completed", "stopped_early", "failed")
@@ -410,26 +412,9 @@ def checkpoint_metrics(row: pd.Series) -> dict[str, Any]:
         for k, v in row.items()
         if re.match(r"cv_|fold\d+_", str(k)) and isinstance(v, int | float | np.number) and math.isfinite(float(v))
     }
-    if not _missing(row.get("best_epoch")):
+    if not missing(row.get("best_epoch")):
         cv["best_epoch"] = int(row["best_epoch"])
     return {"trial_id": str(row["trial_id"]), "cv": cv}
-
-
-def params_of(row: pd.Series) -> dict[str, Any]:
-    """The searched params of a trials-table row, exactly as the trial ran them (the `params_json` column; the
-    `param_<name>` columns are for people and lose types through CSV)."""
-    text = row.get("params_json")
-    if isinstance(text, str) and text:
-        return dict(json.loads(text))
-    out = {}
-    for col, value in row.items():
-        if isinstance(col, str) and col.startswith("param_") and not _missing(value):
-            out[col[6:]] = value.item() if isinstance(value, np.generic) else value
-    return out
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def update_summary(run_dir: str | Path, **sections: Any) -> dict[str, Any]:
@@ -458,8 +443,8 @@ def format_leaderboard(
     lines = []
     for rank, (_, r) in enumerate(shown.iterrows(), start=1):
         value = r.get(metric)
-        score = "-" if _missing(value) else f"{value:.4f}"
-        if metric == "cv_accuracy" and not _missing(r.get("cv_accuracy_std")):
+        score = "-" if missing(value) else f"{value:.4f}"
+        if metric == "cv_accuracy" and not missing(r.get("cv_accuracy_std")):
             score += f" ± {r['cv_accuracy_std']:.4f}"
         epochs = f"{int(r['epochs'])}/{cfg.search.max_epochs}"
         lines.append(
@@ -487,7 +472,7 @@ def format_leaderboard(
 
 
 def _fmt(value: Any) -> str:
-    if _missing(value):
+    if missing(value):
         return "-"
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
@@ -516,8 +501,6 @@ def write_outputs(
     top: int = 10,
 ) -> SearchOutputs:
     """trials.csv, summary.json and report/*.png in `run_dir` (all atomic), plus the leaderboard text."""
-    from search.plots import plot_search
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     table = trials_table(cfg, records, num_classes=num_classes, measure_cost=measure_cost)

@@ -332,7 +332,8 @@ def retrain_run(
 
     from search.data import check_fingerprint, load_data
     from search.provenance import provenance
-    from search.results import Winner, checkpoint_metrics, params_of, retrain_epochs
+    from search.results import Winner, checkpoint_metrics, retrain_epochs
+    from search.trial_row import params_of
     from search.winner import calibrate_retrained
 
     run_dir = Path(run_dir)
@@ -395,7 +396,8 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
 
     from search.data import check_fingerprint, load_data
     from search.paths import SUMMARY
-    from search.results import Winner, checkpoint_metrics, params_of
+    from search.results import Winner, checkpoint_metrics
+    from search.trial_row import params_of
     from search.winner import calibrate_refit, fold_outputs
 
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cellnet.config import parse_config
-from search import plots, results
+from search import plots, results, trial_row
 from search.results import TrialRecord
 
 FOLDS = 2
@@ -265,8 +265,8 @@ def test_trials_csv(outputs):
     assert by_id.loc["t_c", "fold_epochs"] == FOLDS
     assert "DivergedError" in by_id.loc["t_d", "error"] and np.isnan(by_id.loc["t_d", "cv_accuracy"])
     # params survive the CSV round trip exactly (None, ints, bools)
-    assert results.params_of(by_id.loc["t_b"]) == PARAMS["t_b"]
-    assert results.params_of(by_id.loc["t_d"]) == PARAMS["t_d"]
+    assert trial_row.params_of(by_id.loc["t_b"]) == PARAMS["t_b"]
+    assert trial_row.params_of(by_id.loc["t_d"]) == PARAMS["t_d"]
     # model cost: real tiny timm models, cached per architecture; head_layers changes the parameter count
     assert (table["num_params"] > 0).all() and (table["cpu_latency_ms"] > 0).all()
     assert by_id.loc["t_a", "num_params"] != by_id.loc["t_c", "num_params"]
@@ -438,7 +438,7 @@ def test_under_tune_with_asha(ray_cluster, tmp_path):
     assert status == {1e-3: "completed", 2e-3: "stopped_early", 3e-3: "stopped_early", 9.5e-3: "failed"}
     failed = out.table[out.table["status"] == "failed"].iloc[0]
     assert failed["error"] == "RuntimeError: boom"  # one line, not Ray's wrapped traceback
-    assert results.params_of(failed)["lr"] == 9.5e-3
+    assert trial_row.params_of(failed)["lr"] == 9.5e-3
     assert out.summary["best"]["params"]["lr"] == 1e-3 and out.retrain_epochs == MAX_EPOCHS
 
     _, groups, _ = read_hparams(tmp_path / "tensorboard")
