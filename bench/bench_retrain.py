@@ -1,6 +1,6 @@
 """The winner's retrain on the whole machine vs on one core (what it asked Ray for before 2026-12-02), same epochs.
 
-`search.retrain.retrain` twice on the same data, config and epochs, side by side in one run: `cpus_per_worker=1`
+`search.refit.retrain` twice on the same data, config and epochs, side by side in one run: `cpus_per_worker=1`
 (the old request, `max(1, cpus_per_fold)`) and the default (every CPU of the largest node, as many threads).
 Synthetic cells at 64 px, resnet10t from scratch (cpu_small's first trial). Target: whole-node wall <= 0.55x.
 Also printed: the last epoch's training throughput of each (from the checkpoint's retrain metrics), i.e. the ratio
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from cellnet.checkpoint import load_checkpoint
     from cellnet.config import parse_config
     from cellnet.data import load
-    from search.retrain import retrain
+    from search.refit import retrain
 
     cfg = parse_config(
         {

@@ -406,7 +406,7 @@ def build_summary(
 
 def checkpoint_metrics(row: pd.Series) -> dict[str, Any]:
     """What a retrained checkpoint records about the trial it came from: {"trial_id", "cv": {cv_* and fold<i>_*
-    at the trial's best epoch, "best_epoch"}} (the `cv_metrics` argument of `search.retrain.retrain`)."""
+    at the trial's best epoch, "best_epoch"}} (the `cv_metrics` argument of `search.refit.retrain`)."""
     cv = {
         str(k): float(v)
         for k, v in row.items()

@@ -10,7 +10,7 @@ finish(cfg, run_dir, grid, loaded, data_ref, started)
              │        seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check: a discriminator of
              │        the cells from their zoom-outs (`calibration.framing_zooms`, decisions 0011, 0013)
              ├─ retrain.mode folds/both: FoldEnsemble(members) ...... best/ (folds) or best_folds/ (both)
-             ├─ retrain.mode refit/both: refit on all data (search/retrain.py) ...... best/, then calibrated
+             ├─ retrain.mode refit/both: refit on all data (search/refit.py) ........ best/, then calibrated
              └─ --test: each deployed checkpoint scored once (report/test_<name>/), summary.json's `test`
 """
 
@@ -47,6 +47,7 @@ from search.oof import (
     trial_folds_dir,
 )
 from search.paths import OOF_FILE, SUMMARY
+from search.refit import retrain
 from search.results import Winner, records_from_result_grid, update_summary, write_outputs
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
@@ -412,10 +413,8 @@ def refit_winner(
     run_dir: Path,
     provenance: dict[str, Any],
 ) -> tuple[Path, dict[str, Any]]:
-    """The winner retrained on all data into best/ (search/retrain.py), then calibrated when its fold models are
+    """The winner retrained on all data into best/ (search/refit.py), then calibrated when its fold models are
     there (`calibrate_refit`). Returns (best/, summary.json's `retrain` section)."""
-    from search.retrain import retrain
-
     print(f"\nretraining {win.trial_id} on all {len(loaded.data)} images ...")
     path = retrain(
         cfg,

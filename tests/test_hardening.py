@@ -113,6 +113,25 @@ def test_without_the_search_extra_search_run_says_what_to_install() -> None:
     assert len(lines) == 1 and "cellnet[search]" in lines[0] and "missing: ray" in lines[0]
 
 
+def test_without_the_search_extra_search_retrain_says_what_to_install() -> None:
+    """The same for `python -m search.retrain`: it imports search.refit at module level, which keeps Ray (and
+    search.winner, which imports it) out of its module level for this."""
+    import subprocess
+    import sys
+
+    code = "import sys, runpy; sys.modules['ray'] = None; runpy.run_module('search.retrain', run_name='__main__')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "runs/none", "--trial", "x"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cellnet[search]" in lines[0] and "missing: ray" in lines[0]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the search's data: groups without cleaning, the --test leak check against the raw data
 

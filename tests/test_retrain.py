@@ -15,6 +15,7 @@ import yaml
 from cellnet.checkpoint import load_checkpoint
 from cellnet.config import parse_config
 from cellnet.data.synthetic import generate
+from search import refit
 from search import retrain as rt
 
 SIZE = 32
@@ -40,7 +41,7 @@ def data():
 
 
 def test_shard_is_equal_and_covers_everything(data):
-    shards = [rt.shard(data, r, 3, seed=0) for r in range(3)]
+    shards = [refit.shard(data, r, 3, seed=0) for r in range(3)]
     assert len({len(s) for s in shards}) == 1  # same batch count on every rank
     ids = set(np.concatenate([s.ids for s in shards]))
     assert ids == set(data.ids)
@@ -48,28 +49,28 @@ def test_shard_is_equal_and_covers_everything(data):
 
 def test_cpu_retrain_asks_for_every_cpu_of_the_largest_node():
     """On CPU the retrain runs alone after the search: one worker with the whole (largest) node, as many threads."""
-    two_core = rt.retrain_scaling([{"CPU": 2.0}])
+    two_core = refit.retrain_scaling([{"CPU": 2.0}])
     assert (two_core.workers, two_core.use_gpu, two_core.resources_per_worker, two_core.threads) == (
         1,
         False,
         {"CPU": 2.0},
         2,
     )
-    cluster = rt.retrain_scaling([{"CPU": 4.0}, {"CPU": 16.0}, {"CPU": 8.0}])
+    cluster = refit.retrain_scaling([{"CPU": 4.0}, {"CPU": 16.0}, {"CPU": 8.0}])
     assert cluster.resources_per_worker == {"CPU": 16.0} and cluster.threads == 16
-    assert rt.retrain_scaling([{"CPU": 2.0}], cpus_per_worker=1).resources_per_worker == {"CPU": 1.0}
+    assert refit.retrain_scaling([{"CPU": 2.0}], cpus_per_worker=1).resources_per_worker == {"CPU": 1.0}
     # two CPU workers (DDP without GPUs) share the node instead of each waiting for a whole one
-    shared = rt.retrain_scaling([{"CPU": 2.0}], num_workers=2)
+    shared = refit.retrain_scaling([{"CPU": 2.0}], num_workers=2)
     assert (shared.workers, shared.resources_per_worker, shared.threads) == (2, {"CPU": 1.0}, 1)
-    gpus = rt.retrain_scaling([{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}], gpu_worker_cpus=4)
+    gpus = refit.retrain_scaling([{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}], gpu_worker_cpus=4)
     assert (gpus.workers, gpus.use_gpu, gpus.resources_per_worker) == (4, True, {"CPU": 4.0, "GPU": 1.0})
-    assert not rt.retrain_scaling([{"CPU": 8.0, "GPU": 1.0}], use_gpu=False).use_gpu
+    assert not refit.retrain_scaling([{"CPU": 8.0, "GPU": 1.0}], use_gpu=False).use_gpu
 
 
 def test_retrain_ddp_saves_loadable_checkpoint(ray_cluster, cfg, data, tmp_path):
     """The multi-GPU code path (equal shards, DDP over gloo) with two CPU workers: a checkpoint that
     cellnet.checkpoint loads (plain weights, no DDP `module.` prefix), trained for exactly the given epochs."""
-    out = rt.retrain(
+    out = refit.retrain(
         cfg,
         {"lr": 1e-3, "dropout": 0.1},
         data,
