@@ -1,8 +1,10 @@
 """Test-time BatchNorm adaptation (`cellnet predict/evaluate --adapt`): the model's normalisation re-estimated on the
 images being predicted, its weights untouched.
 
-    images of the call (all of them) ─ batch_statistics: a copy of the model, every BatchNorm's mean and variance
-                                       measured over all the images (cumulative, not per chunk)
+    images of the call (all of them, in a seeded random order: a folder's class subfolders must not make one-class
+    chunks) ─ batch_statistics: a copy of the model, every BatchNorm's input summed channel by channel over all the
+              images (the mean and variance all of them give at once: chunks weighted by their size, the spread
+              between chunks included; chunks of near-equal size, never one image, which BatchNorm1d refuses)
       ─ blend with the training statistics, weight w = n / (n + PRIOR_IMAGES): few images move them little
       ─ guard: the adapted predictions' class histogram against the training class mix; far from it (total
         variation above GUARD_TV: a batch of mostly one or two classes, whose statistics describe the class mix,
@@ -18,6 +20,7 @@ describe its classes. A backbone without BatchNorm (LayerNorm ConvNeXt, GroupNor
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -67,19 +70,71 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+MIN_CHUNK = 32  # smallest chunk the statistics pass normalises with its own statistics
+
+
+def chunk_size(n: int, batch_size: int) -> int:
+    """The chunk size that splits `n` images into ceil(n / max(batch_size, MIN_CHUNK)) chunks of near-equal size:
+    no small last chunk (a chunk of one image is an error for BatchNorm1d in training mode, a few images a noisy
+    normalisation of the layers after it)."""
+    chunks = math.ceil(n / max(batch_size, MIN_CHUNK))
+    return math.ceil(n / max(chunks, 1))
+
+
+def shuffled(n: int, seed: int = 0) -> np.ndarray:
+    """The seeded order the statistics pass reads the images in: inputs sorted by path (class subfolders) would
+    otherwise give one-class chunks, which normalise the deeper layers with one class's statistics."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+class _Moments:
+    """Per-channel sums of a BatchNorm layer's input (float64), accumulated over chunks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        dims = [d for d in range(x.ndim) if d != 1]  # every axis but the channels
+        x = x.detach().double()
+        total, squares = x.sum(dim=dims), (x * x).sum(dim=dims)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += x.numel() // x.shape[1]
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, unbiased variance): what BatchNorm stores as running statistics from one batch of everything."""
+        assert self.total is not None and self.squares is not None and self.count > 1
+        mean = self.total / self.count
+        var = (self.squares / self.count - mean * mean).clamp_min(0.0) * self.count / (self.count - 1)
+        return mean, var
+
+
 @torch.inference_mode()
 def batch_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(mean, var) of every BatchNorm layer's input over all `batches`, from a copy of `model` (cumulative average of
-    the per-batch statistics, as BatchNorm's momentum=None gives)."""
+    """(mean, unbiased var) of every BatchNorm layer's input over all the images of `batches`, from a copy of `model`
+    whose BatchNorm layers normalise each chunk with its own statistics, as in training. The moments are summed
+    over the chunks, so a layer's statistics are those of all the images at once (exactly so for a layer whose input
+    does not depend on an earlier BatchNorm; deeper layers see chunk-normalised inputs, hence near-equal chunks of
+    shuffled images)."""
     probe = copy.deepcopy(model).eval()
     layers = batchnorm_layers(probe)
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
+    moments = [_Moments() for _ in layers]
+    handles = []
+    for layer, m in zip(layers, moments, strict=True):
         layer.train()
+        handles.append(layer.register_forward_pre_hook(lambda _, inputs, m=m: m.add(inputs[0])))
     for x in batches:
         probe(x)
-    return [(layer.running_mean.clone(), layer.running_var.clone()) for layer in layers]  # type: ignore[union-attr]
+    for h in handles:
+        h.remove()
+    out = []
+    for layer, m in zip(layers, moments, strict=True):
+        mean, var = m.mean_var()
+        assert layer.running_mean is not None
+        out.append((mean.to(layer.running_mean.dtype), var.to(layer.running_mean.dtype)))
+    return out
 
 
 def blended(model: M, stats: list[tuple[torch.Tensor, torch.Tensor]], weight: float) -> M:

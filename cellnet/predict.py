@@ -11,6 +11,7 @@ files / folders / npz ─ predict_inputs (decoded in a thread pool while the mod
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cellnet.adapt import Adaptation
+from cellnet.adapt import Adaptation, adapt, chunk_size, shuffled
 from cellnet.calibrate import CalibratedOutput, is_ood, uncertain
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
@@ -221,16 +222,14 @@ def _adapted(
 ) -> tuple[Inference, Adaptation]:
     """The outputs of the checkpoint's model with BatchNorm adapted to `images`, with `plain`'s features (training
     statistics); the class-mix guard compares with the calibration's class counts (none: no guard)."""
-    import dataclasses
-
-    from cellnet.adapt import adapt
 
     def predict(model: CellNet | FoldEnsemble) -> np.ndarray:
         return infer(dataclasses.replace(checkpoint, model=model), images, batch_size=batch_size).probs()
 
     prior = checkpoint.calibration.conformal.counts if checkpoint.calibration is not None else None
+    order, chunk = shuffled(len(images)), chunk_size(len(images), batch_size)
     model, adaptation = adapt(
-        checkpoint.model, len(images), lambda: preprocessed(checkpoint, images, batch_size), predict, prior
+        checkpoint.model, len(images), lambda: preprocessed(checkpoint, images[order], chunk), predict, prior
     )
     if model is checkpoint.model:
         return plain, adaptation
@@ -397,7 +396,8 @@ def predict_inputs(
         run(np.concatenate([r for r, _ in held]), np.concatenate([x for _, x in held]))
     table = prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
     if adapt:
-        table["adapted"] = [None if e else True for e in errors]
+        changed = adaptation is not None and adaptation.layers > 0  # no BatchNorm: nothing was adapted
+        table["adapted"] = [None if e else changed for e in errors]
     return PredictedTable(table, adaptation)
 
 
