@@ -28,6 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from cellnet.constants import DEFAULT_IMAGE_SIZE
 from cellnet.data.clean_report import REASONS, CleanReport
 from cellnet.data.dataset import CellData
+from cellnet.data.sources import load
 from cellnet.errors import DataError
 from cellnet.files import atomic_path
 
@@ -517,8 +518,6 @@ def run_clean(
     **clean_kwargs: Any,
 ) -> CleanReport:
     """`cellnet clean SOURCE --out DIR`: load, clean, write DIR/clean.npz and the report (each file atomically)."""
-    from cellnet.data.sources import load
-
     data = load(source, image_size, strict=strict, seed=seed, cache_dir=cache_dir)
     cleaned, report = clean(data, **clean_kwargs)
     out = Path(out_dir)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from cellnet.constants import DEFAULT_IMAGE_SIZE, IMAGE_SUFFIXES, PBC_CLASSES
 from cellnet.data.dataset import CellData
+from cellnet.data.synthetic import SYNTHETIC_DEFAULTS, generate
 from cellnet.errors import DataError
 
 MEDMNIST_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -456,14 +457,12 @@ def _download_bloodmnist(size: int, directory: Path, path: Path) -> None:
 
 
 def _load_synthetic(src: Source, image_size: int, *, seed: int = 0, **_: object) -> CellData:
-    from cellnet.data import synthetic
-
-    kwargs = dict(synthetic.SYNTHETIC_DEFAULTS)
+    kwargs = dict(SYNTHETIC_DEFAULTS)
     if src.n is not None:
         kwargs["n"] = src.n
     kwargs["image_size"] = image_size
     kwargs["seed"] = seed
-    return synthetic.generate(**kwargs)  # type: ignore[arg-type]
+    return generate(**kwargs)  # type: ignore[arg-type]
 
 
 # The menu of source kinds: parse_source decides the kind, this table says who reads it.
