@@ -38,7 +38,7 @@ OTHER = {"crop200": "full", "full": "crop200"}
 
 def trust(ckpt: Any, data: Any, *, tta: bool = False) -> dict[str, Any]:
     """Accuracy, coverage at the checkpoint's 0.95, the lowest class coverage (n >= 30), the flags' shares."""
-    from cellnet.calibrate import coverage_report
+    from cellnet.metrics import coverage_report
     from cellnet.predict import predict_batch
 
     out = predict_batch(ckpt, data.images, tta=tta)

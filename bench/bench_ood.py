@@ -63,9 +63,10 @@ def shifted_sets(val: Any, full: Any, seed: int) -> dict[str, np.ndarray]:
 def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, Any]]:
     from bench.bench_robustness import RECIPES, design_model
     from cellnet.augment import smallest_magnification
-    from cellnet.calibrate import fit_calibration, ood_auroc
+    from cellnet.calibrate import fit_calibration
     from cellnet.constants import DEFAULT_FEATURES, FEATURE_KINDS, FRAMING_ZOOMS
     from cellnet.data import holdout_split
+    from cellnet.metrics import ood_auroc
     from cellnet.predict import infer, predict_batch
     from cellnet.shifts import zoomed_copies
 
@@ -124,7 +125,7 @@ def run(recipe: str, seed: int, epochs: int, size: int = 64) -> list[dict[str, A
 def framing_figures(checkpoint: Any, images: np.ndarray, right: np.ndarray) -> dict[str, float | None]:
     """The framing check (decisions 0011, 0013) on its own: the share it fires on, of the right answers too, and the
     share it flags that the distance alone (same statistics and threshold) does not."""
-    from cellnet.calibrate import is_ood
+    from cellnet.ood import is_ood
     from cellnet.predict import infer
 
     ood = checkpoint.calibration.ood
@@ -147,16 +148,10 @@ def deployment(recipe: str, seed: int, epochs: int, k: int = 2, size: int = 64) 
     """The refit's OOD threshold under both transfer rules, for each feature kind (module doc, `--deployment`)."""
     from bench.bench_robustness import recipe_config
     from bench.real_data import design_split
-    from cellnet.calibrate import (
-        OODDetector,
-        fit_mahalanobis,
-        is_ood,
-        mahalanobis_score,
-        ood_auroc,
-        transferred_threshold,
-    )
     from cellnet.constants import FEATURE_KINDS
     from cellnet.data import folds as make_folds
+    from cellnet.metrics import ood_auroc
+    from cellnet.ood import OODDetector, fit_mahalanobis, is_ood, mahalanobis_score, transferred_threshold
     from cellnet.train import fit
     from search.oof import out_of_fold
     from search.winner import fit_refit_ood, model_features

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def figures(ckpt_dir: Path, clean: Any, other: Any) -> dict[str, Any]:
-    from cellnet.calibrate import coverage_report, flag_report, ood_auroc
     from cellnet.checkpoint import load_checkpoint
     from cellnet.evaluate import calibration_gain
+    from cellnet.metrics import coverage_report, flag_report, ood_auroc
     from cellnet.predict import predict_batch
 
     ckpt = load_checkpoint(ckpt_dir)

@@ -5,7 +5,9 @@
     cellnet.model ........ timm backbone + dense head; fold ensembles
     cellnet.train ........ fit(config, train, val): one model on one split
     cellnet.shifts ....... the shift suite (zoom, stain, colour, blur, JPEG, ...), deterministic
-    cellnet.calibrate .... temperature, conformal sets, out-of-distribution score
+    cellnet.calibrate .... temperature, conformal sets, what a user sees (uncertain); stored in the checkpoint
+    cellnet.ood .......... the out-of-distribution score: Mahalanobis distance and the framing check
+    cellnet.metrics ...... classification metrics and evaluate's trust metrics (coverage, flags, OOD AUROC)
     cellnet.checkpoint ... one self-describing directory per model
     cellnet.predict / evaluate / export ... using a checkpoint; cellnet.cli is the `cellnet` command
 

@@ -359,7 +359,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     ckpt = _load(args.checkpoint, args.device)
     if args.coverage is not None:
-        from cellnet.calibrate import check_coverage
+        from cellnet.checks import check_coverage
 
         check_coverage(args.coverage)
     if ckpt.calibration is None:

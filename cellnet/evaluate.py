@@ -312,7 +312,7 @@ def trust_metrics(
     """What a calibrated checkpoint promises, measured: empirical coverage and set size (overall, per class), the
     share of wrong / right predictions flagged uncertain (`cellnet.calibrate.uncertain`), the OOD flag rate, and --
     for shifted data, given the clean images' scores -- the OOD score's AUROC (shifted vs clean)."""
-    from cellnet.calibrate import coverage_report, flag_report, ood_auroc
+    from cellnet.metrics import coverage_report, flag_report, ood_auroc
 
     cal = prediction.calibrated
     if cal is None:

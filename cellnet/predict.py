@@ -357,7 +357,7 @@ def predict_inputs(
     every readable image is decoded first and predicted in one call, so the BatchNorm statistics are re-estimated
     on all of them (`cellnet.adapt`), not per chunk.
     """
-    from cellnet.calibrate import check_coverage
+    from cellnet.checks import check_coverage
 
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")

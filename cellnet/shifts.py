@@ -120,7 +120,7 @@ def zoom_out_mirrored(image: np.ndarray, factor: float) -> np.ndarray:
 
 def zoomed_copies(images: np.ndarray, zooms: Iterable[float]) -> np.ndarray:
     """(F, N, ...) every image zoomed out by each factor (`zoom_out_mirrored`): what the OOD flag's framing check
-    (`cellnet.calibrate.fit_framing_discriminator`) tells from the cells as they are."""
+    (`cellnet.ood.fit_framing_discriminator`) tells from the cells as they are."""
     return np.stack([np.stack([zoom_out_mirrored(img, z) for img in images]) for z in zooms])
 
 

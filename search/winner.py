@@ -4,11 +4,11 @@ finish(cfg, run_dir, grid, loaded, data_ref, started)
   ├─ trials.csv, summary.json, plots, leaderboard (search/results.py) ─ the winner (trial id, params, best epoch)
   └─ deploy ─┬─ its fold models ─ out-of-fold predictions ─ oof.npz (search/oof.py)
              │     └─ calibration, fitted once on them (cellnet/calibrate.py): temperature (NLL) and conformal
-             │        scores from the OOF logits -- the same for both deployments; OOD statistics per deployed
-             │        model: an ensemble member's from its own validation fold (unseen, 80% fit / 20% threshold); a
-             │        refit's from its training images, its threshold transferred from the fold models'
-             │        seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check: a discriminator of
-             │        the cells from their zoom-outs (`calibration.framing_zooms`, decisions 0011, 0013)
+             │        scores from the OOF logits -- the same for both deployments; OOD statistics (cellnet/ood.py)
+             │        per deployed model: an ensemble member's from its own validation fold (unseen, 80% fit / 20%
+             │        threshold); a refit's from its training images, its threshold transferred from the fold
+             │        models' seen-vs-unseen ratio (`fit_refit_ood`); both with the framing check: a discriminator
+             │        of the cells from their zoom-outs (`calibration.framing_zooms`, decisions 0011, 0013)
              ├─ retrain.mode folds/both: FoldEnsemble(members) ...... best/ (folds) or best_folds/ (both)
              ├─ retrain.mode refit/both: refit on all data (search/refit.py) ........ best/, then calibrated
              └─ --test: each deployed checkpoint scored once (report/test_<name>/), summary.json's `test`
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from cellnet.augment import smallest_magnification
-from cellnet.calibrate import Calibration, OODDetector, with_framing
+from cellnet.calibrate import Calibration
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
+from cellnet.ood import OODDetector, with_framing
 from cellnet.predict import infer
 from cellnet.shifts import zoomed_copies
 from search.data import SearchData
@@ -252,7 +253,8 @@ def fold_outputs(
 
 def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg: ExperimentConfig) -> Calibration:
     """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
-    from cellnet.calibrate import fit_calibration, fit_ood_held_out, ood_threshold
+    from cellnet.calibrate import fit_calibration
+    from cellnet.ood import fit_ood_held_out, ood_threshold
 
     cal = fit_calibration(
         oof.logits,
@@ -322,9 +324,9 @@ def fit_refit_ood(
 ) -> OODDetector:
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
     data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
-    from statistics that did not see the image (`cellnet.calibrate.fit_ood_transferred`). With `framing_zooms`, the
+    from statistics that did not see the image (`cellnet.ood.fit_ood_transferred`). With `framing_zooms`, the
     framing check's discriminator from its features of the data as they are and zoomed out (decision 0013)."""
-    from cellnet.calibrate import fit_ood_transferred
+    from cellnet.ood import fit_ood_transferred
 
     if oof.features is None:
         raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")

@@ -11,29 +11,29 @@ import pytest
 from safetensors.numpy import load, save
 
 from cellnet.calibrate import (
-    FRAMING_DISCRIMINATOR,
     Calibration,
     ConformalScores,
-    class_distances,
     conformal_p_values,
-    coverage_report,
     fit_calibration,
     fit_conformal,
+    fit_temperature,
+    nonconformity,
+    prediction_sets,
+    softmax,
+)
+from cellnet.errors import CalibrationError, CheckpointError, ConfigError
+from cellnet.metrics import coverage_report, flag_report, ood_auroc
+from cellnet.ood import (
+    FRAMING_DISCRIMINATOR,
+    class_distances,
     fit_framing_discriminator,
     fit_mahalanobis,
     fit_ood_transferred,
-    fit_temperature,
-    flag_report,
     mahalanobis_score,
-    nonconformity,
-    ood_auroc,
     ood_threshold,
-    prediction_sets,
-    softmax,
     transferred_threshold,
     with_framing,
 )
-from cellnet.errors import CalibrationError, CheckpointError, ConfigError
 
 C = 8
 # One rare class (~3%, like basophils in a small lab's data) that the model also finds harder.

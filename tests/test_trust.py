@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cellnet.calibrate import OODDetector, fit_calibration, fit_ood_held_out, ood_threshold
+from cellnet.calibrate import fit_calibration
 from cellnet.checkpoint import load_checkpoint
 from cellnet.cli import main
 from cellnet.data.clean import save_npz
 from cellnet.data.synthetic import generate
+from cellnet.ood import OODDetector, fit_ood_held_out, ood_threshold
 from cellnet.predict import infer
 from tests.test_cli import TINY_SIZE, assert_one_line_error, train_tiny
 
