@@ -30,6 +30,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -591,83 +592,125 @@ def _disc(dx: np.ndarray, dy: np.ndarray, at: np.ndarray, rad: np.ndarray, sharp
     return q
 
 
+class _Field(NamedTuple):
+    """Per-pixel geometry of a chunk's crops, each (n, S, S): offsets from the cell centre, radius, and the angle's
+    harmonics the outlines use (cos θ, sin θ are read separately: only lobed nuclei need them)."""
+
+    dx: np.ndarray
+    dy: np.ndarray
+    r: np.ndarray
+    c2: np.ndarray
+    s2: np.ndarray
+    c3: np.ndarray
+    s3: np.ndarray
+
+
 def _paint(p: dict[str, np.ndarray], assets: _Assets) -> np.ndarray:
-    """Render one chunk of images from their drawn parameters: uint8 (n, S, S, 3)."""
-    sharp = p["sharp"]
+    """Render one chunk of images from their drawn parameters: uint8 (n, S, S, 3).
+
+    Masks first (cell body, nucleus inside it), then the stain painted over the red-cell background, then imaging."""
     start = p["start"]
     channels = np.asarray([0, 1, 2, 5, 6, 7, 8])[:, None]  # all but cos θ, sin θ (only lobed nuclei need those)
-    dx, dy, r, c2, s2, c3, s3 = assets.polar[channels, start[None, :, 0], start[None, :, 1]]
-    kind = p["kind"]
+    field = _Field(*assets.polar[channels, start[None, :, 0], start[None, :, 1]])
+    cell = _cell_body(p, field)
+    nucleus = _nucleus(p, field, assets, cell)
+    return _imaged(p, assets, _stained(p, assets, cell, nucleus))
 
-    # Cell body: a disc whose radius varies smoothly with the angle (ellipse + irregularity).
+
+def _cell_body(p: dict[str, np.ndarray], f: _Field) -> np.ndarray:
+    """(n, S, S) in [0, 1]: a disc whose radius varies smoothly with the angle (ellipse + irregularity), plus the
+    extra fragments of platelet clusters."""
+    sharp = p["sharp"]
     o = p["outline"]
-    q = _c(o[:, 0]) * c2
-    q += _c(o[:, 1]) * s2
-    q += _c(o[:, 2]) * c3
-    q += _c(o[:, 3]) * s3
+    q = _c(o[:, 0]) * f.c2
+    q += _c(o[:, 1]) * f.s2
+    q += _c(o[:, 2]) * f.c3
+    q += _c(o[:, 3]) * f.s3
     q += 1
     q *= _c(p["radius"])
-    q -= r
+    q -= f.r
     q *= _c(sharp)
     q += 0.5
     cell = _soft(q)
     for i in np.flatnonzero(p["fragment_r"].max(axis=1) > 0):  # platelet clusters: a few extra fragments
-        for f in range(_MAX_FRAGMENTS - 1):
-            if p["fragment_r"][i, f] > 0:
+        for j in range(_MAX_FRAGMENTS - 1):
+            if p["fragment_r"][i, j] > 0:
                 frag = _disc(
-                    dx[i : i + 1],
-                    dy[i : i + 1],
-                    p["fragment_at"][i, f][None],
-                    p["fragment_r"][i, f][None],
+                    f.dx[i : i + 1],
+                    f.dy[i : i + 1],
+                    p["fragment_at"][i, j][None],
+                    p["fragment_r"][i, j][None],
                     sharp[i : i + 1],
                 )
                 np.maximum(cell[i], _soft(frag)[0], out=cell[i])
+    return cell
 
+
+def _nucleus(p: dict[str, np.ndarray], f: _Field, assets: _Assets, cell: np.ndarray) -> np.ndarray:
+    """(n, S, S) in [0, 1], inside the cell: round or kidney-shaped nuclei, or lobes joined by a strand; none for
+    the kinds without one."""
+    kind = p["kind"]
     nucleus = np.zeros_like(cell)
     rounded = np.flatnonzero((kind == _KIND["round"]) | (kind == _KIND["kidney"]))
     if rounded.size:
-        at, shape = p["nucleus_at"][rounded], p["nucleus_shape"][rounded]
-        d = np.square(dx[rounded] - _c(at[:, 1]))
-        d += np.square(dy[rounded] - _c(at[:, 0]))
-        np.sqrt(d, out=d)
-        q = _c(shape[:, 0]) * c2[rounded]
-        q += _c(shape[:, 1]) * s2[rounded]
-        q += 1
-        q *= _c(p["nucleus_r"][rounded])
-        q -= d
-        q *= _c(sharp[rounded])
-        q += 0.5
-        ring = _soft(q)
-        kidney = np.flatnonzero(p["notch_r"][rounded] > 0)
-        if kidney.size:
-            idx = rounded[kidney]
-            notch = _soft(_disc(dx[idx], dy[idx], p["notch_at"][idx], p["notch_r"][idx], sharp[idx]))
-            ring[kidney] *= 1 - notch
-        nucleus[rounded] = ring
+        nucleus[rounded] = _round_nuclei(p, f, rounded)
     lobed = np.flatnonzero(kind == _KIND["lobes"])
     if lobed.size:
-        ldx, ldy, lr = dx[lobed], dy[lobed], r[lobed]
-        q = np.full_like(lr, -1.0)
-        for j in range(_MAX_LOBES):
-            rad = p["lobe_r"][lobed, j]
-            if rad.max() > 0:
-                np.maximum(q, _disc(ldx, ldy, p["lobe_at"][lobed, j], rad, sharp[lobed]), out=q)
-        arc_r, cos_t, sin_t, cos_half = p["strand"][lobed].T
-        strand = np.abs(lr - _c(arc_r))
-        np.subtract(_c(0.07 * p["radius"][lobed]), strand, out=strand)
-        strand *= _c(sharp[lobed])
-        strand += 0.5
-        c1, s1 = assets.polar[3:5][:, start[lobed, 0], start[lobed, 1]]
-        along = c1 * _c(cos_t)  # cos(θ - turn): where along the arc the strand may run
-        along += s1 * _c(sin_t)
-        along -= _c(cos_half)
-        along *= _c(sharp[lobed] * 0.2)
-        along += 0.5
-        np.maximum(q, np.minimum(strand, along), out=q)
-        nucleus[lobed] = _soft(q)
+        nucleus[lobed] = _lobed_nuclei(p, f, assets, lobed)
     nucleus *= cell
+    return nucleus
 
-    # Paint: cytoplasm (hiding the red cells below), nucleus with chromatin texture, granules / vacuoles on top.
+
+def _round_nuclei(p: dict[str, np.ndarray], f: _Field, rounded: np.ndarray) -> np.ndarray:
+    """The nuclei of images `rounded`: an off-centre oval, with a notch cut out for the kidney-shaped ones."""
+    sharp = p["sharp"]
+    at, shape = p["nucleus_at"][rounded], p["nucleus_shape"][rounded]
+    d = np.square(f.dx[rounded] - _c(at[:, 1]))
+    d += np.square(f.dy[rounded] - _c(at[:, 0]))
+    np.sqrt(d, out=d)
+    q = _c(shape[:, 0]) * f.c2[rounded]
+    q += _c(shape[:, 1]) * f.s2[rounded]
+    q += 1
+    q *= _c(p["nucleus_r"][rounded])
+    q -= d
+    q *= _c(sharp[rounded])
+    q += 0.5
+    ring = _soft(q)
+    kidney = np.flatnonzero(p["notch_r"][rounded] > 0)
+    if kidney.size:
+        idx = rounded[kidney]
+        notch = _soft(_disc(f.dx[idx], f.dy[idx], p["notch_at"][idx], p["notch_r"][idx], sharp[idx]))
+        ring[kidney] *= 1 - notch
+    return ring
+
+
+def _lobed_nuclei(p: dict[str, np.ndarray], f: _Field, assets: _Assets, lobed: np.ndarray) -> np.ndarray:
+    """The nuclei of images `lobed`: up to _MAX_LOBES discs and a thin strand along an arc joining them."""
+    sharp, start = p["sharp"], p["start"]
+    ldx, ldy, lr = f.dx[lobed], f.dy[lobed], f.r[lobed]
+    q = np.full_like(lr, -1.0)
+    for j in range(_MAX_LOBES):
+        rad = p["lobe_r"][lobed, j]
+        if rad.max() > 0:
+            np.maximum(q, _disc(ldx, ldy, p["lobe_at"][lobed, j], rad, sharp[lobed]), out=q)
+    arc_r, cos_t, sin_t, cos_half = p["strand"][lobed].T
+    strand = np.abs(lr - _c(arc_r))
+    np.subtract(_c(0.07 * p["radius"][lobed]), strand, out=strand)
+    strand *= _c(sharp[lobed])
+    strand += 0.5
+    c1, s1 = assets.polar[3:5][:, start[lobed, 0], start[lobed, 1]]
+    along = c1 * _c(cos_t)  # cos(θ - turn): where along the arc the strand may run
+    along += s1 * _c(sin_t)
+    along -= _c(cos_half)
+    along *= _c(sharp[lobed] * 0.2)
+    along += 0.5
+    np.maximum(q, np.minimum(strand, along), out=q)
+    return _soft(q)
+
+
+def _stained(p: dict[str, np.ndarray], assets: _Assets, cell: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+    """(n, 3, S, S) float: cytoplasm (hiding the red cells below), nucleus with chromatin texture, granules /
+    vacuoles on top. Uses `nucleus` as scratch space."""
     g = p["background"]
     img = np.ascontiguousarray(assets.background[g[:, 0], :, g[:, 1], g[:, 2]])
     _over(img, cell, p["cytoplasm"])
@@ -687,8 +730,11 @@ def _paint(p: dict[str, np.ndarray], assets: _Assets) -> np.ndarray:
         granules *= nucleus
         granules *= _c(p["granule_density"])
         _over(img, granules, p["granule_rgb"])
+    return img
 
-    # Imaging: sensor noise, stain gain, 8-bit.
+
+def _imaged(p: dict[str, np.ndarray], assets: _Assets, img: np.ndarray) -> np.ndarray:
+    """Imaging: sensor noise, stain gain, 8-bit; uint8 (n, S, S, 3)."""
     g = p["noise"]
     noise = assets.noise[g[:, 0], g[:, 1], g[:, 2]]
     noise *= _c(p["noise_sigma"])
