@@ -17,8 +17,11 @@ Fold models (the winner's fold ensemble and out-of-fold predictions: search/oof.
 run in lock step, so "the trial's best epoch" is one epoch for all folds: the first epoch with the best fold-mean
 search metric, the same rule trials.csv ranks by. Whenever an epoch becomes the new best, every worker writes its
 fold's weights to `<run_dir>/train/<trial_id>/folds/fold_<i>_epoch<e>.safetensors`; after a barrier (all folds
-written) the epoch is reported, and only then the fold's previous best file is deleted. So whichever moment a trial
-is stopped (ASHA, time budget, lost node), the files of the best epoch Tune has seen exist for every fold.
+written) the epoch is reported, and only then the best file before the previous one is deleted: a report that
+returned in the worker may still never reach Tune (a trial the time budget stops while its last epoch reports: seen
+on real cells, the refit was deployed uncalibrated), so the two newest bests are kept. Whichever moment a trial is
+stopped (ASHA, time budget, lost node), the files of the best epoch Tune has seen exist for every fold; the
+deployment prunes the rest.
 
 Robustness: every epoch each fold also scores its shifted validation subset (search/data.py `shifted_validation`:
 up to `search.shift_images` validation images, each under one shift of the suite, made once per search), so every
@@ -162,6 +165,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
     folds_dir = Path(loop["trial_dir"]) / FOLDS_DIR
     best: float | None = None  # the lock-step best value of the search metric so far
     best_file: Path | None = None
+    previous_best: Path | None = None  # kept too: Tune may never see the report of the newest best (module doc)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -214,9 +218,10 @@ def fold_worker(loop: dict[str, Any]) -> None:
             [g[0] for g in gathered], [g[2] for g in gathered], slowest, shifted.names if shifted is not None else ()
         )
         epoch = trainer.epoch
-        previous = None
+        stale = None
         if improves(metrics.get(metric), best, mode):
-            best, previous = float(metrics[metric]), best_file
+            best = float(metrics[metric])
+            stale, previous_best = previous_best, best_file
             best_file = save_fold_model(folds_dir, rank, epoch, trainer.core, metric=metric, value=best)
             dist.barrier()  # every fold's file of this epoch exists before the epoch is reported
         if (every and epoch % every == 0) or epoch in rungs or epoch == max_epochs:
@@ -225,8 +230,8 @@ def fold_worker(loop: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        if previous is not None and previous != best_file:
-            previous.unlink(missing_ok=True)
+        if stale is not None and stale not in (best_file, previous_best):
+            stale.unlink(missing_ok=True)
 
 
 def improves(value: Any, best: float | None, mode: str) -> bool:
