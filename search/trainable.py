@@ -42,6 +42,7 @@ import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
     metric, mode = loop["metric"], loop["mode"]
     folds_dir = Path(loop["trial_dir"]) / FOLDS_DIR
     best: float | None = None  # the lock-step best value of the search metric so far
-    best_file: Path | None = None
-    previous_best: Path | None = None  # kept too: Tune may never see the report of the newest best (module doc)
+    best_files = BestFiles()
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -221,8 +221,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
         stale = None
         if improves(metrics.get(metric), best, mode):
             best = float(metrics[metric])
-            stale, previous_best = previous_best, best_file
-            best_file = save_fold_model(folds_dir, rank, epoch, trainer.core, metric=metric, value=best)
+            stale = best_files.add(save_fold_model(folds_dir, rank, epoch, trainer.core, metric=metric, value=best))
             dist.barrier()  # every fold's file of this epoch exists before the epoch is reported
         if (every and epoch % every == 0) or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
@@ -230,8 +229,25 @@ def fold_worker(loop: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        if stale is not None and stale not in (best_file, previous_best):
+        if stale is not None:
             stale.unlink(missing_ok=True)
+
+
+@dataclass
+class BestFiles:
+    """A fold's newest two best-epoch model files: Tune may never see the report of the newest best (a trial stopped
+    while its last epoch reports), and then the one before it is the trial's best epoch (module doc)."""
+
+    newest: Path | None = None
+    previous: Path | None = None
+
+    def add(self, path: Path) -> Path | None:
+        """Record `path` as the newest best; returns the file that is no longer needed (delete it once the new best
+        is reported), or None."""
+        if path == self.newest:  # the same epoch written again (a restarted worker group)
+            return None
+        stale, self.previous, self.newest = self.previous, self.newest, path
+        return stale if stale not in (self.newest, self.previous) else None
 
 
 def improves(value: Any, best: float | None, mode: str) -> bool:

@@ -532,3 +532,17 @@ def test_the_framing_check_keeps_its_zooms_for_a_winner_trained_on_them_and_says
     assert zooms == (0.55, 0.7) and note is not None and "zooms [0.55, 0.7]" in note
     off = parse_config({"name": "x", "calibration": {"framing_zooms": []}})
     assert framing_zooms(off, off.train_config({"zoom_aug": 1.0})) == ((), None)
+
+
+def test_a_fold_keeps_its_two_newest_best_files(tmp_path: Path) -> None:
+    """The newest best's report may never reach Tune (the time budget stops the trial while it reports): the best
+    epoch before it must still have its files. Found on real cells: trials.csv said epoch 5, only epoch 6 was kept,
+    and the refit was deployed uncalibrated."""
+    from search.trainable import BestFiles
+
+    files = BestFiles()
+    e1, e3, e4, e6 = (tmp_path / f"fold_0_epoch{e}.safetensors" for e in (1, 3, 4, 6))
+    assert files.add(e1) is None and files.add(e3) is None  # epoch 1 kept while epoch 3 may be unseen
+    assert files.add(e4) == e1  # now epoch 3 is the fallback, epoch 1 can go
+    assert files.add(e4) is None  # the same epoch written again (a restarted worker group): nothing to delete
+    assert files.add(e6) == e3 and (files.newest, files.previous) == (e6, e4)
