@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from cellnet.adapt import Adaptation, adapt, chunk_size, shuffled
-from cellnet.calibrate import CalibratedOutput, is_ood, uncertain
+from cellnet.calibrate import CalibratedOutput, uncertain
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
+from cellnet.ood import is_ood
 from cellnet.progress import progress_bar
 
 if TYPE_CHECKING:
