@@ -74,7 +74,7 @@ class TorchvisionPolicy(A.ImageOnlyTransform):
 
 
 def _torchvision_policy(policy: str, magnitude: float) -> Any:
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # torchvision (~2 s): only the recipes that use its policies load it
 
     if policy == "randaugment":
         return v2.RandAugment(num_ops=2, magnitude=round(30 * magnitude), num_magnitude_bins=31)

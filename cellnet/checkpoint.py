@@ -31,20 +31,21 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cellnet import __version__
+from cellnet.calibrate import Calibration
 from cellnet.config import TRAIN_FIELDS, TrainConfig
 from cellnet.errors import CheckpointError
 from cellnet.files import jsonable, replace_dir, sha256_file, write_json
-from cellnet.model import CellNet, FoldEnsemble, build_model
+from cellnet.model import CellNet, FoldEnsemble, build_model, model_normalisation
 from cellnet.weights import check_state_dict
-
-if TYPE_CHECKING:
-    from cellnet.calibrate import Calibration
 
 WEIGHTS = "model.safetensors"
 META = "cellnet.json"
@@ -106,8 +107,6 @@ class Checkpoint:
 def in_memory(model: nn.Module, config: TrainConfig, classes: Sequence[str], image_size: int) -> Checkpoint:
     """A Checkpoint around a model in memory (what `load_checkpoint` would give for it saved), for `predict`/`infer`
     on fold models or a fresh `fit` result without writing anything."""
-    from cellnet.model import model_normalisation
-
     mean, std = model_normalisation(model)
     return Checkpoint(
         model=model,  # type: ignore[arg-type]
@@ -136,8 +135,6 @@ def save_checkpoint(
     """Write `out_dir` atomically (a temp dir beside it, then swapped in; an existing checkpoint is replaced only
     once the new one is complete). `model` is a CellNet or a FoldEnsemble; `calibration` a
     `cellnet.calibrate.Calibration` or None. Returns the directory."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     outputs = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     if outputs != [len(classes)]:
@@ -193,9 +190,6 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint directory (or its cellnet.json / model.safetensors) and rebuild the model in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_file() and path.name in (META, WEIGHTS):
         path = path.parent
@@ -258,11 +252,6 @@ def _calibration_from(meta: Any, tensors_path: Path) -> Calibration | None:
     """The checkpoint's Calibration, or None for an uncalibrated one (`cellnet train`, older checkpoints)."""
     if meta is None:
         return None
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from cellnet.calibrate import Calibration
-
     if not isinstance(meta, dict) or not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path.parent}: incomplete checkpoint, {tensors_path.name} is missing")
     digest = sha256_file(tensors_path)
@@ -331,12 +320,10 @@ def _get(d: Any, key: str) -> Any:
 
 
 def _versions() -> dict[str, str]:
-    import timm
-
-    import cellnet
+    import timm  # timm (~2 s): loaded by whoever built the model being saved; this module does not need it
 
     return {
-        "cellnet": cellnet.__version__,
+        "cellnet": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),

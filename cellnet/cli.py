@@ -228,6 +228,7 @@ def fixed_train_config(config_path: str, cfg: Any, **overrides: Any) -> Any:
 
 def write_history(history: list[dict[str, Any]], out_dir: Path, best_epoch: int | None = None) -> None:
     """DIR/history.csv (one row per epoch) and DIR/training_curve.png (loss and accuracy per epoch)."""
+    # pandas and matplotlib (~2 s) only once `train` has a history to write; `cellnet --help` imports none of this
     import pandas as pd
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -262,6 +263,7 @@ def _format_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     import numpy as np
 
     from cellnet import data as celldata
@@ -334,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version  # ~20 ms, for `train`'s provenance only
 
     try:
         return version(package)
@@ -347,6 +349,7 @@ def _version(package: str) -> str | None:
 
 
 def _load(checkpoint: str, device: str) -> Any:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.checkpoint import load_checkpoint
     from cellnet.train import select_device
 
@@ -354,12 +357,13 @@ def _load(checkpoint: str, device: str) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.files import atomic_path
     from cellnet.predict import predict_inputs
 
     ckpt = _load(args.checkpoint, args.device)
     if args.coverage is not None:
-        from cellnet.checks import check_coverage
+        from cellnet.checks import check_coverage  # numpy: a subcommand's import, like the ones above
 
         check_coverage(args.coverage)
     if ckpt.calibration is None:
@@ -423,6 +427,7 @@ def _warn_always_in_set(ckpt: Any, coverage: float | None, *, views: int) -> Non
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet import data as celldata
     from cellnet.evaluate import evaluate, summary_table
 
@@ -441,7 +446,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         header={"checkpoint": str(args.checkpoint), "data": args.data},
     )
     if metrics.get("adaptation"):
-        from cellnet.adapt import Adaptation
+        from cellnet.adapt import Adaptation  # torch: a subcommand's import, like the ones above
 
         print(Adaptation(**metrics["adaptation"]).describe(), file=sys.stderr)
     for name, text in metrics["text"].items():
@@ -452,6 +457,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.export import export_onnx
 
     if args.tolerance <= 0:
@@ -463,11 +469,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.weights import PACKAGES, cache_dir, offline_table
 
     names = list(args.backbones)
     if args.config:
-        from cellnet.config import load_config
+        from cellnet.config import load_config  # yaml: a subcommand's import, like the one above
 
         names += load_config(args.config).backbones()
     names = list(dict.fromkeys(names or PACKAGES))
@@ -481,6 +488,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.data import run_clean
 
     kwargs: dict[str, Any] = {
@@ -502,7 +510,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cellnet` console script; returns the exit code."""
-    import yaml
+    import yaml  # ~13 ms, for the YAMLError clause below: importing this module stays at argparse alone
 
     parser = build_parser()
     try:

@@ -439,7 +439,7 @@ def _parse_section(raw: Any, cls: type, where: str, name: str) -> Any:
             raise ConfigError(f"{where}: search.points_to_evaluate must be a list of mappings")
         values["points_to_evaluate"] = tuple(pts)
     if name == "search" and values.get("shift_suite") is not None:
-        from cellnet.shifts import resolve_names
+        from cellnet.shifts import resolve_names  # torch, albumentations (~3 s): only configs naming a shift suite
 
         suite = values["shift_suite"]
         if not isinstance(suite, list) or not all(isinstance(x, str) for x in suite):
@@ -609,7 +609,7 @@ def _check_values(cfg: ExperimentConfig) -> None:
 
 
 def _check_backbones(cfg: ExperimentConfig) -> None:
-    import timm
+    import timm  # ~2 s: only once a config is checked, not for parsing one or `cellnet --help`
 
     names: list[str] = []
     if "backbone" in cfg.train:

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
 
-from cellnet.calibrate import CalibratedOutput
+from cellnet.calibrate import CalibratedOutput, softmax
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
+from cellnet.metrics import coverage_report, flag_report, ood_auroc
 from cellnet.predict import Prediction, predict_batch, prediction_table
 from cellnet.shifts import DEFAULT_SUITE, FAMILIES, SHIFTS, apply_shift, resolve_names
 
@@ -149,7 +150,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Counts in the cells, colour = row-normalised rate (recall per true class), class names on both axes."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     rows = cm.sum(axis=1, keepdims=True)
     rate = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
@@ -171,7 +172,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
 
 def plot_reliability(calibration: dict[str, Any], path: Path, title: str) -> None:
     """Accuracy per confidence bin against the diagonal (perfect calibration), bin counts underneath."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     edges = np.asarray(calibration["edges"])
     centers = (edges[:-1] + edges[1:]) / 2
@@ -272,7 +273,7 @@ def robustness_card(
 
 def plot_robustness_card(card: dict[str, Any], path: Path) -> None:
     """Accuracy per shift grouped and coloured by family, each family's mean as a line, the clean accuracy."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     families = card["families"]
     names = [n for f in families.values() for n in f["shifts"]]
@@ -312,8 +313,6 @@ def trust_metrics(
     """What a calibrated checkpoint promises, measured: empirical coverage and set size (overall, per class), the
     share of wrong / right predictions flagged uncertain (`cellnet.calibrate.uncertain`), the OOD flag rate, and --
     for shifted data, given the clean images' scores -- the OOD score's AUROC (shifted vs clean)."""
-    from cellnet.metrics import coverage_report, flag_report, ood_auroc
-
     cal = prediction.calibrated
     if cal is None:
         raise ValueError("trust_metrics needs a calibrated checkpoint's prediction")
@@ -331,7 +330,7 @@ def trust_metrics(
 
 def plot_shifted(shifted: dict[str, Any], clean_accuracy: float, path: Path, title: str) -> None:
     """Accuracy per shift (worst in red) against the clean accuracy and the suite mean."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     names = shifted["suite"]
     acc = [shifted["per_shift"][n]["accuracy"] for n in names]
@@ -389,8 +388,6 @@ def write_report(
 def calibration_gain(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
     """ECE of the model's own softmax and of the temperature-scaled one: `logits` N×C, or V×N×C with TTA (then
     `temperature` is the TTA calibration's)."""
-    from cellnet.calibrate import softmax
-
     out = {}
     for key, t in (("ece_uncalibrated", 1.0), ("ece_calibrated", temperature)):
         p = softmax(logits, t)
@@ -403,7 +400,7 @@ def plot_trust(
 ) -> None:
     """Left: empirical coverage per class against the target. Right: accuracy of the predictions kept vs the share
     flagged, when flagging by lowest confidence (the curve), with the checkpoint's own flags as points."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)

@@ -73,7 +73,7 @@ def metadata(checkpoint: Checkpoint) -> dict[str, str]:
 
 def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities from the ONNX file via onnxruntime on CPU (float32 NHWC 0-255 in)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # only `cellnet export` (and its check) needs onnxruntime
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0])
@@ -99,7 +99,7 @@ def export_onnx(
     The file is written to a temporary name next to `out` and renamed only when onnxruntime's probabilities agree
     with PyTorch's to within `tolerance`; otherwise CellnetError and nothing is left behind.
     """
-    import onnx
+    import onnx  # ~0.6 s, only `cellnet export` needs it
 
     out = Path(out)
     if not out.parent.is_dir():

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from cellnet.checks import check_false_alarm, check_labels, check_matrix
 from cellnet.config import check_framing_zooms
@@ -119,9 +121,6 @@ def fit_framing_discriminator(features: Any, zoomed_features: Any) -> np.ndarray
     sklearn's LogisticRegression on standardised features (C = 1, its default; both sides weighted equally), the
     scaling folded into the weights so predict needs one dot product. Class-agnostic: what it learns is the framing,
     not the cell (decision 0011's class means caught 97% of full-frame validation cells, this 99.8%)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     x = check_matrix(features, "features")
     z = np.asarray(zoomed_features, dtype=np.float64)
     if z.ndim != 3 or len(z) < 1 or z.shape[2] != x.shape[1]:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from cellnet.adapt import Adaptation, adapt, chunk_size, shuffled
-from cellnet.calibrate import CalibratedOutput, uncertain
+from cellnet.calibrate import CalibratedOutput, softmax, uncertain
+from cellnet.checks import check_coverage
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
 from cellnet.ood import is_ood
@@ -93,8 +94,6 @@ class Inference:
 
     def probs(self, temperature: float = 1.0) -> np.ndarray:
         """The mean over views of softmax(outputs / temperature), N×C float32."""
-        from cellnet.calibrate import softmax
-
         return softmax(self.all_views(), temperature).astype(np.float32)
 
 
@@ -304,7 +303,7 @@ def expand_inputs(inputs: Sequence[str], image_size: int) -> list[_Source]:
 
 def _read(path: Path, image_size: int) -> np.ndarray | str:
     """The decoded image, or the reason it could not be decoded (never raises: one bad file must not stop a run)."""
-    from cellnet.data.sources import read_image_file
+    from cellnet.data.sources import read_image_file  # cellnet.data only when files are read (export needs none)
 
     try:
         return read_image_file(path, image_size)
@@ -358,8 +357,6 @@ def predict_inputs(
     every readable image is decoded first and predicted in one call, so the BatchNorm statistics are re-estimated
     on all of them (`cellnet.adapt`), not per chunk.
     """
-    from cellnet.checks import check_coverage
-
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     if coverage is not None:

@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def data_hash(images: Any, labels: Any) -> str:
     """sha256 of the image and label bytes: which exact pixels and labels a checkpoint was trained on."""
-    import numpy as np
-
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(images).data)
     h.update(np.ascontiguousarray(labels, dtype=np.int64).data)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -289,8 +290,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     """cosine: linear warm-up for `warmup_epochs`, then cosine decay to lr x COSINE_FLOOR by the end of `epochs`;
     constant: the same warm-up, then flat -- both timm schedulers stepped per iteration (`step_update`);
     plateau: torch's ReduceLROnPlateau on the validation loss, stepped per epoch."""
-    from timm.scheduler import create_scheduler_v2
-
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE

@@ -99,7 +99,7 @@ def cache_dir() -> Path:
 
 
 def _pretrained_cfg(backbone: str) -> dict[str, Any]:
-    import timm
+    import timm  # ~2 s; cellnet.model imports this module, timm loads when a backbone is first looked up
 
     cfg = timm.models.get_pretrained_cfg(backbone)
     return cfg.to_dict() if cfg is not None else {}
@@ -111,7 +111,7 @@ def timm_cache_file(backbone: str) -> Path | None:
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # ~90 ms alone; loaded already by timm (_pretrained_cfg)
 
         names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
         for name in names:
@@ -259,7 +259,7 @@ def converted_file(entry: WeightsPackage, path: Path) -> Path:
     """The package's weights converted to timm's layout as safetensors in the cache (converted on first use, keyed
     by the source file's sha256 and the converter's version, written atomically; every later fold worker and refit
     reads it directly)."""
-    import timm
+    import timm  # deferred like _pretrained_cfg's; safetensors like read_state_dict's
     from safetensors.torch import save_file
 
     dest = cache_dir() / "weights" / converted_name(entry, sha256_file(path))
@@ -318,7 +318,7 @@ def create_backbone(
     name: str, *, pretrained: bool | str = False, weights_file: str | None = None
 ) -> tuple[nn.Module, WeightsSource | None]:
     """A timm model with its classifier removed (`num_classes=0`) and the source of its weights (None: random)."""
-    import timm
+    import timm  # deferred like _pretrained_cfg's
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
@@ -356,7 +356,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch state dict (possibly wrapped in 'state_dict'/'model'); no pickle."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # deferred like converted_file's: only .safetensors need it
+            from safetensors.torch import load_file  # only .safetensors files need it, as converted_file alone saves
 
             state: object = load_file(str(path))
         else:
@@ -416,7 +416,7 @@ def offline_table(backbones: Iterable[str]) -> list[tuple[str, str, str]]:
     """(backbone, "yes"/"no", where from or how to get them) per backbone, for `cellnet weights`. "yes" only where the
     weights load into the backbone (a package's converted into the cache first): a file that exists but does not
     convert or load is "no" with the reason. An unknown name is a ConfigError."""
-    import timm
+    import timm  # deferred like _pretrained_cfg's
 
     rows = []
     for name in backbones:

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from search.results import error_text
+
 
 def compact(params: Mapping[str, Any], limit: int = 10) -> str:
     """`key=value` pairs, floats short (2 significant digits under 0.01, else 3), at most `limit` of them."""
@@ -129,8 +131,6 @@ def _error_line(trial: Any) -> str:
         error = None
     if error is None:
         return "see trials.csv (column error)"
-    from search.results import error_text
-
     return error_text(error)
 
 

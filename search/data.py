@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cellnet.config import ExperimentConfig
+from cellnet.data import clean, find_duplicates_between, folds, load
 from cellnet.data.dataset import CellData
 from cellnet.errors import ConfigError
 from cellnet.files import write_json
@@ -58,7 +59,7 @@ def shifted_validation(
 ) -> list[ShiftedFold]:
     """Per fold: up to `per_fold` validation images, class-stratified, each under one shift of `names` (every shift
     gets a share of every class). Deterministic for `seed`; the shifts themselves are `cellnet.shifts.apply_shift`."""
-    from cellnet.shifts import apply_shift
+    from cellnet.shifts import apply_shift  # torch, albumentations (~3 s): only searches with shifted validation
 
     out = []
     for i, (_, val) in enumerate(folds):
@@ -93,8 +94,6 @@ class SearchData:
 
 
 def _cleaned(cfg: ExperimentConfig, raw: CellData) -> CellData:
-    from cellnet.data import clean
-
     if cfg.data.clean:
         return clean(raw)[0]
     # nothing dropped, but every image gets its near-duplicate group for the grouped folds
@@ -104,8 +103,6 @@ def _cleaned(cfg: ExperimentConfig, raw: CellData) -> CellData:
 def load_data(cfg: ExperimentConfig, *, for_search: bool = True) -> SearchData:
     """Search data, its grouped stratified folds, and the --test data with images leaking from the search dropped.
     `for_search=False` (a retrain): no test set and no shifted validation subsets."""
-    from cellnet.data import find_duplicates_between, folds, load
-
     raw = load(cfg.data.source, cfg.data.image_size)
     data = _cleaned(cfg, raw)
     splits = folds(data.labels, data.groups, cfg.cv.folds, cfg.cv.seed, classes=data.classes)
@@ -113,7 +110,7 @@ def load_data(cfg: ExperimentConfig, *, for_search: bool = True) -> SearchData:
         return SearchData(data, splits)
     shifted = None
     if cfg.search.shift_images > 0:
-        from cellnet.shifts import DEFAULT_SUITE, resolve_names
+        from cellnet.shifts import DEFAULT_SUITE, resolve_names  # as in shifted_validation: only when it runs
 
         names = resolve_names(cfg.search.shift_suite or DEFAULT_SUITE)
         shifted = shifted_validation(data, splits, names, cfg.search.shift_images, cfg.cv.seed)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from cellnet.checkpoint import Checkpoint, in_memory
 from cellnet.config import TrainConfig
@@ -75,9 +77,6 @@ def trial_folds_dir(run_dir: Path, trial_id: str) -> Path:
 def load_fold_models(config: TrainConfig, folds_dir: Path, k: int, epoch: int, num_classes: int) -> list[CellNet]:
     """The k fold models of a trial at `epoch` (its best epoch), each checked against the model `config` builds.
     A missing or mismatched fold file is a CheckpointError that says which folds are there at which epochs."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     models = []
     for rank in range(k):
         path = fold_model_path(folds_dir, rank, epoch)

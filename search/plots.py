@@ -48,7 +48,7 @@ def plot_search(cfg: ExperimentConfig, table: pd.DataFrame, out_dir: str | Path)
 
 def _plot_progress(table: pd.DataFrame, metric: str, mode: str, path: Path, *, compute: bool) -> Path:
     """Each trial's best-epoch value (by status) and the best so far, in completion order (trials or fold-epochs)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     values = pd.to_numeric(table[metric], errors="coerce").where(table["status"] != "failed")
     x = table["fold_epochs"].cumsum().to_numpy() if compute else np.arange(1, len(table) + 1)
@@ -79,6 +79,7 @@ def param_importances(cfg: ExperimentConfig, table: pd.DataFrame) -> tuple[dict[
     """fANOVA importance of each searched parameter for the search metric, from an Optuna study rebuilt from the
     trials (finished and stopped-early trials, each with its best-epoch value). (None, reason) when it cannot be
     estimated: fewer than two scored trials, or no parameter took two different values."""
+    # optuna, the search extra: search.retrain imports this module (through results) before it checks the extra
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
@@ -122,7 +123,7 @@ def param_importances(cfg: ExperimentConfig, table: pd.DataFrame) -> tuple[dict[
 
 
 def _distribution(p: Param) -> Any:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # as above
 
     if p.kind == "choice":
         return CategoricalDistribution(list(p.values))
@@ -132,7 +133,7 @@ def _distribution(p: Param) -> Any:
 
 
 def _plot_importance(importance: dict[str, float], metric: str, n_trials: int, path: Path) -> Path:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib (~2 s): only when a figure is drawn
 
     names = list(importance)[::-1]
     fig = Figure(figsize=(6.4, 0.45 * len(names) + 1.2), dpi=100)

@@ -81,7 +81,7 @@ def local_cluster() -> Cluster:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     gpus = 0
     try:
-        import torch
+        import torch  # ~1.5 s, only to count this machine's GPUs for a plan made before Ray starts
 
         gpus = torch.cuda.device_count()
     except Exception:  # pragma: no cover - torch is a dependency; a broken CUDA setup just means no GPUs
@@ -91,7 +91,7 @@ def local_cluster() -> Cluster:
 
 def ray_cluster() -> Cluster:
     """The alive nodes of the connected Ray cluster."""
-    import ray
+    import ray  # the search extra: search.run imports this module before it checks the extra is installed
 
     nodes = tuple(
         {k: float(v) for k, v in n["Resources"].items() if k in ("CPU", "GPU")} for n in ray.nodes() if n.get("Alive")
@@ -156,7 +156,7 @@ def storage_probe(run_dir: str) -> None:
     One zero-CPU task per node writes a probe file and reads it back; the driver then reads every node's probe, so a
     node-local path that merely exists everywhere is caught too. ConfigError names the node that cannot.
     """
-    import ray
+    import ray  # the search extra, as in ray_cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)

@@ -274,6 +274,7 @@ def _model_cost(
 
 def model_cost(config: Any, num_classes: int, size: int, repeats: int = 7) -> tuple[float, float]:
     """Parameter count and median CPU latency (ms) for one image, one thread, eval mode, random init."""
+    # torch and the model (timm): only when trials.csv measures costs; the console reporter imports this module
     import torch
 
     from cellnet.model import build_model

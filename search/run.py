@@ -149,7 +149,7 @@ def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
         raise ConfigError(
             f"{run_dir} already holds a search; pass --resume to continue it or --storage DIR for a new one"
         )
-    from search.space import check_points
+    from search.space import check_points  # search.space imports optuna (the search extra): main checks it first
 
     check_points(cfg)
     return cfg, run_dir
@@ -170,7 +170,7 @@ def write_yaml(path: Path, obj: dict[str, Any]) -> None:
 
 
 def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) -> None:
-    from search.space import describe
+    from search.space import describe  # as in resolve: optuna
 
     print(f"# resolved config ({cfg.path})")
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
@@ -188,7 +188,7 @@ def dry_run(cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan) 
 def describe_weights(cfg: ExperimentConfig) -> list[str]:
     """One line per backbone the config can train: the offline weights it would start from, or what happens
     without them (scratch under pretrained: auto or false, the hub or an error under true)."""
-    from cellnet.weights import find_offline
+    from cellnet.weights import find_offline  # torch (~1.5 s), for the dry run's weights lines only
 
     p = cfg.space.get("pretrained")
     choices = set(p.values) if p is not None else {cfg.fixed_values().get("pretrained", False)}
@@ -212,7 +212,7 @@ def describe_weights(cfg: ExperimentConfig) -> list[str]:
 
 def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any = None) -> int:
     """The whole search for parsed `args`; `tell_pruned` and `stopper` go to `tuner_for`."""
-    from search.tuner import connect, disconnect, tuner_for, unfinished
+    from search.tuner import connect, disconnect, tuner_for, unfinished  # Ray: the extra main has just checked
 
     cfg, run_dir = resolve(args)
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
@@ -226,12 +226,13 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
                 disconnect({})
         dry_run(cfg, run_dir, resources.plan(cfg, cluster, autoscaling=autoscaling, strict=False))
         return 0
-    import ray
+    import ray  # as above
 
     if local and not ray.is_initialized():
         resources.plan(cfg, resources.local_cluster())  # impossible requests fail before Ray starts
     check_writable(run_dir)
     started = time.time()
+    # the data and the hand-over (sklearn, torch, Ray Train) only once the config and the plan have been checked
     from search.data import check_fingerprint, load_data, record_fingerprint
     from search.trainable import share_ray_address
     from search.winner import finish

@@ -49,8 +49,9 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
+from ray.train.v2._internal import constants as train_constants
 
-from cellnet.config import ExperimentConfig
+from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.errors import CheckpointError, DivergedError
 from cellnet.files import atomic_path, write_json
 from search.paths import TRAIN_DIR
@@ -144,12 +145,11 @@ def _fault_hook(rank: int, world: int, epoch: int) -> None:
 def fold_worker(loop: dict[str, Any]) -> None:
     """Ray Train worker: train fold `rank` for up to max_epochs, reporting fold-mean metrics every epoch."""
     entered = time.time()
-    import ray.train
+    # in the fold worker's own process: the Tune driver imports this module and never trains (torch, timm: ~4 s)
     import torch
     import torch.distributed as dist
     from ray.train.torch import get_device
 
-    from cellnet.config import TrainConfig
     from cellnet.train import Trainer, predict_proba
 
     ctx = ray.train.get_context()
@@ -263,7 +263,7 @@ def fold_model_path(folds_dir: Path, rank: int, epoch: int) -> Path:
 
 def save_fold_model(folds_dir: Path, rank: int, epoch: int, model: Any, *, metric: str, value: float) -> Path:
     """The fold's weights at `epoch` (safetensors, atomically), tagged with the epoch and the metric value."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # imports torch: only fold workers save (see fold_worker)
 
     folds_dir.mkdir(parents=True, exist_ok=True)
     path = fold_model_path(folds_dir, rank, epoch)
@@ -277,7 +277,7 @@ def save_fold_model(folds_dir: Path, rank: int, epoch: int, model: Any, *, metri
 def read_fold_state(path: Path) -> dict[str, Any]:
     """A fold worker's checkpointed Trainer state, read without unpickling code (torch `weights_only=True`): the run
     directory is shared storage, and whoever can write it must not gain code execution on every node."""
-    import torch
+    import torch  # only fold workers read these (see fold_worker)
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -308,16 +308,15 @@ def share_ray_address() -> dict[str, str | None]:
     group is never freed and the next trial waits for workers forever. So: set RAY_ADDRESS to our GCS and let Train
     propagate it to its controller (and from there to the cleaner).
     """
-    from ray.train.v2._internal import constants
-
     before = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    train_constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
     return before
 
 
 def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePlan, refs: dict, run_dir: str) -> None:
     """Tune function trainable: one TorchTrainer fit with a worker per fold (see module doc)."""
+    # in the trial's own process: Tune (~2 s) and torch (through ray.train.torch) stay out of the driver
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

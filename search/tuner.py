@@ -15,6 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import cloudpickle
 
 from cellnet.config import ExperimentConfig
@@ -25,8 +26,6 @@ from search.paths import TUNE_DIR
 
 def connect(address: str | None, debug: bool) -> bool:
     """Connect to `address` / $RAY_ADDRESS or start a local cluster; True when this call started the connection."""
-    import ray
-
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS") or None
@@ -40,8 +39,6 @@ def connect(address: str | None, debug: bool) -> bool:
 
 
 def disconnect(previous_env: dict[str, str | None]) -> None:
-    import ray
-
     ray.shutdown()
     for key, value in previous_env.items():
         if value is None:
@@ -51,7 +48,7 @@ def disconnect(previous_env: dict[str, str | None]) -> None:
 
 
 def scheduler(cfg: ExperimentConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler  # Tune: as in tuner_for
 
     s = cfg.search
     if s.scheduler == "asha":
@@ -109,6 +106,8 @@ def tuner_for(
     ray.tune.Stopper, new searches only) can end trials or the whole search early. Both exist for
     bench/bench_search.py; the defaults are what the search runs with. `verbose`: Ray's own status tables instead of
     our one-line-per-event reporter (search/console.py)."""
+    # Tune (~2 s) and the search's callbacks (tensorboard, torch: ~4 s) only when a search is built: --dry-run
+    # imports this module to connect
     from ray import tune
 
     from search.console import ConsoleReporter
@@ -126,7 +125,7 @@ def tuner_for(
         if cfg.search.num_samples < before:
             print(f"note: the search already has {before} trials; --num-samples {cfg.search.num_samples} ignored")
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # Tune, as above
 
     s = cfg.search
     callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from

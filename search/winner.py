@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from cellnet.augment import smallest_magnification
-from cellnet.calibrate import Calibration
+from cellnet.calibrate import Calibration, fit_calibration
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
 from cellnet.errors import CalibrationError, CellnetError, CheckpointError
+from cellnet.evaluate import evaluate, plot_robustness_card, robustness_card
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
-from cellnet.ood import OODDetector, with_framing
+from cellnet.ood import OODDetector, fit_ood_held_out, fit_ood_transferred, ood_threshold, with_framing
 from cellnet.predict import infer
 from cellnet.shifts import zoomed_copies
 from search.data import SearchData
@@ -48,6 +49,7 @@ from search.oof import (
     trial_folds_dir,
 )
 from search.paths import OOF_FILE, SUMMARY
+from search.provenance import provenance
 from search.refit import retrain
 from search.results import Winner, records_from_result_grid, update_summary, write_outputs
 
@@ -76,8 +78,6 @@ def finish(
     """Outputs of a finished search (`grid`: Tune's ResultGrid): tables, plots, leaderboard; then `deploy`.
     `data_ref`: the search data in Ray's object store (what the refit trains on). Any failure of the deployment is
     one DeploymentError that says how to finish it (`resume_command`); the search's results stay as they are."""
-    from search.provenance import provenance
-
     prov = provenance(
         loaded.data,
         seeds={"cv": cfg.cv.seed, "search": cfg.search.seed, "train": cfg.train_config().seed},
@@ -129,8 +129,6 @@ def robustness(run_dir: Path, cfg: ExperimentConfig, summary: dict[str, Any]) ->
     """The deployed model's robustness card (summary.json's `robustness`, report/robustness.png): its accuracy under
     each shift of the suite, grouped by family -- on the held-out --test set when there is one, else the winner's
     cross-validated figures (its fold models on their shifted validation images: an estimate for the refit)."""
-    from cellnet.evaluate import plot_robustness_card, robustness_card
-
     current = json.loads((run_dir / SUMMARY).read_text())
     test = current.get("test") or {}
     name = "refit" if "refit" in test else "folds" if "folds" in test else None
@@ -253,9 +251,6 @@ def fold_outputs(
 
 def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg: ExperimentConfig) -> Calibration:
     """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
-    from cellnet.calibrate import fit_calibration
-    from cellnet.ood import fit_ood_held_out, ood_threshold
-
     cal = fit_calibration(
         oof.logits,
         oof.labels,
@@ -326,8 +321,6 @@ def fit_refit_ood(
     data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
     from statistics that did not see the image (`cellnet.ood.fit_ood_transferred`). With `framing_zooms`, the
     framing check's discriminator from its features of the data as they are and zoomed out (decision 0013)."""
-    from cellnet.ood import fit_ood_transferred
-
     if oof.features is None:
         raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")
     kind = str(oof.feature_kind)
@@ -499,8 +492,6 @@ def test_line(metrics: dict[str, Any]) -> str:
 def test_deployed(cfg: ExperimentConfig, run_dir: Path, deployed: dict[str, Path], test: CellData) -> dict[str, Any]:
     """Each deployed checkpoint scored once on the held-out --test set, clean and under the shift suite (reported,
     never used to choose anything)."""
-    from cellnet.evaluate import evaluate
-
     section: dict[str, Any] = {}
     for name, path in deployed.items():
         where = cfg.data.test or "test"

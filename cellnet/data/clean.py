@@ -31,6 +31,7 @@ from cellnet.data.dataset import CellData
 from cellnet.data.sources import load
 from cellnet.errors import DataError
 from cellnet.files import atomic_path
+from cellnet.progress import progress_bar
 
 __all__ = ["CleanReport", "REASONS", "clean", "find_duplicates_between", "run_clean", "signatures"]
 
@@ -98,8 +99,6 @@ PROGRESS_FROM = 5000  # images: cleaning fewer takes a few seconds and shows no 
 
 def signatures(images: np.ndarray, workers: int | None = None, chunk: int = 256) -> Signatures:
     """Fingerprints of N×S×S×3 uint8 images, computed on threads over chunks (PIL/scipy release the GIL)."""
-    from cellnet.progress import progress_bar
-
     workers = workers or min(4, os.cpu_count() or 1)
     starts = range(0, len(images), chunk)
     shown = None if len(images) >= PROGRESS_FROM else False  # a bar (on a terminal) for the long ones only

@@ -151,10 +151,10 @@ class CleanReport:
 
     def _plot(self, path: Path) -> None:
         """A row per reason: each dropped example next to the image it duplicates / conflicts with."""
-        import matplotlib
+        import matplotlib  # ~2 s, only when the report's figure is drawn
 
         matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
         columns = 2 * EXAMPLES_PER_REASON
         fig, axes = plt.subplots(len(REASONS), columns, figsize=(columns * 1.2, len(REASONS) * 1.5), squeeze=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from cellnet.constants import DEFAULT_IMAGE_SIZE, IMAGE_SUFFIXES, PBC_CLASSES
 from cellnet.data.dataset import CellData
@@ -318,8 +319,6 @@ def read_image_file(path: str | os.PathLike[str], image_size: int = DEFAULT_IMAG
 
 def _parallel(fn: Callable[[int], object], items: range, desc: str) -> list[object]:
     """fn over items on threads (PIL releases the GIL while decoding/resizing), with a bar for big jobs."""
-    from tqdm.auto import tqdm
-
     workers = min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         it = pool.map(fn, items, chunksize=32)
