@@ -94,20 +94,26 @@ def test_resume_safe_flags_keep_working(started: tuple[Path, Path]) -> None:
     assert cfg.data.source == "synthetic:300" and cfg.cv.folds == 2  # the stored data and folds, not the YAML's
 
 
-def test_without_the_search_extra_search_run_says_what_to_install() -> None:
-    """`pip install -e .` without [search]: python -m search.run exits 2 with one line (the import simulated
-    missing: None in sys.modules makes `import ray` raise ModuleNotFoundError)."""
+def _without_ray(module: str, *args: str) -> Any:
+    """`python -m module args` as without the `search` extra: None in sys.modules makes `import ray` raise
+    ModuleNotFoundError."""
     import subprocess
     import sys
 
-    code = "import sys, runpy; sys.modules['ray'] = None; runpy.run_module('search.run', run_name='__main__')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "spaces/quickstart.yaml"],
+    code = f"import sys, runpy; sys.modules['ray'] = None; runpy.run_module({module!r}, run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_without_the_search_extra_search_run_says_what_to_install() -> None:
+    """`pip install -e .` without [search]: python -m search.run exits 2 with one line (the import simulated
+    missing: `_without_ray`)."""
+    proc = _without_ray("search.run", "spaces/quickstart.yaml")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cellnet[search]" in lines[0] and "missing: ray" in lines[0]
@@ -116,17 +122,7 @@ def test_without_the_search_extra_search_run_says_what_to_install() -> None:
 def test_without_the_search_extra_search_retrain_says_what_to_install() -> None:
     """The same for `python -m search.retrain`: it imports search.refit at module level, which keeps Ray (and
     search.winner, which imports it) out of its module level for this."""
-    import subprocess
-    import sys
-
-    code = "import sys, runpy; sys.modules['ray'] = None; runpy.run_module('search.retrain', run_name='__main__')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "runs/none", "--trial", "x"],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _without_ray("search.retrain", "runs/none", "--trial", "x")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cellnet[search]" in lines[0] and "missing: ray" in lines[0]
