@@ -29,6 +29,7 @@ from scipy.special import log_softmax, logsumexp
 from scipy.special import softmax as _softmax
 
 from cellnet.checks import check_coverage, check_false_alarm, check_labels, check_matrix
+from cellnet.colour import ColourStats
 from cellnet.constants import POOLED
 from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.ood import (
@@ -47,6 +48,7 @@ from cellnet.ood import (
 
 DEFAULT_COVERAGE = 0.95
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+MARGINAL_METHOD = "split conformal pooled over the classes (marginal coverage); score 1 - p_y; non-smoothed p-values"
 CONFORMAL_METHOD = (
     "Mondrian (class-conditional) split conformal; score 1 - p_y; non-smoothed p-values; p >= 1 - coverage"
 )
@@ -124,11 +126,15 @@ def nonconformity(probs: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ConformalScores:
-    """All a Mondrian conformal classifier keeps: each calibration image's score 1 - p_y and its class y."""
+    """All a conformal classifier keeps: each calibration image's score 1 - p_y and its class y. `mondrian` (the
+    default): one calibration distribution per class, so the coverage holds for each class; False: one pooled over
+    the classes, so it holds on average over classes only -- what a few labelled cells per class allow (with q
+    cells of a class no p-value is below 1 / (q + 1): at 10 cells, no 95% set could ever leave that class out)."""
 
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) int64
     num_classes: int
+    mondrian: bool = True
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -153,18 +159,20 @@ class ConformalScores:
         1 / (q_c + 1), which is still >= 1 - coverage (q_c + 1 <= 1 / (1 - coverage); the same float comparison as
         `prediction_sets`, so the two always agree)."""
         coverage = check_coverage(coverage)
-        return [c for c, q in enumerate(self.counts.tolist()) if 1.0 / (q + 1) >= 1.0 - coverage]
+        counts = self.counts.tolist() if self.mondrian else [len(self.scores)] * self.num_classes
+        return [c for c, q in enumerate(counts) if 1.0 / (q + 1) >= 1.0 - coverage]
 
 
-def fit_conformal(probs: Any, labels: Any, num_classes: int) -> ConformalScores:
+def fit_conformal(probs: Any, labels: Any, num_classes: int, *, mondrian: bool = True) -> ConformalScores:
     """Calibration scores from (temperature-scaled) probabilities of images no model trained on (OOF)."""
     p = check_matrix(probs, "probs", num_classes)
     y = check_labels(labels, num_classes, len(p))
-    return ConformalScores(nonconformity(p)[np.arange(len(y)), y], y, num_classes)
+    return ConformalScores(nonconformity(p)[np.arange(len(y)), y], y, num_classes, mondrian)
 
 
 def conformal_p_values(probs: Any, conformal: ConformalScores) -> np.ndarray:
-    """(N, C) non-smoothed Mondrian p-values: p_c = (#{calibration scores of class c >= 1 - p_c} + 1) / (q_c + 1).
+    """(N, C) non-smoothed Mondrian p-values: p_c = (#{calibration scores of class c >= 1 - p_c} + 1) / (q_c + 1);
+    for pooled (`mondrian=False`) scores the same over all N calibration scores.
 
     The numbers of crepes' `ConformalClassifier.predict_p(alphas, bins, smoothing=False)` (decision 0005; the tests
     compare the two), counted by binary search in each class's sorted scores: crepes counts with a Python loop per
@@ -172,8 +180,9 @@ def conformal_p_values(probs: Any, conformal: ConformalScores) -> np.ndarray:
     """
     alphas = nonconformity(check_matrix(probs, "probs", conformal.num_classes))
     p = np.empty(alphas.shape, dtype=np.float64)
+    pooled = np.sort(conformal.scores)
     for c in range(conformal.num_classes):
-        scores = np.sort(conformal.scores[conformal.labels == c])
+        scores = np.sort(conformal.scores[conformal.labels == c]) if conformal.mondrian else pooled
         at_least = len(scores) - np.searchsorted(scores, alphas[:, c], side="left")
         p[:, c] = (at_least + 1) / (len(scores) + 1)
     return p
@@ -264,14 +273,15 @@ class Calibration:
     ood: OODDetector | None = None
     notes: tuple[str, ...] = ()
     tta: ViewCalibration | None = None
+    colour: ColourStats | None = None  # the training cells' colour (`predict --canonicalize` matches a group to it)
 
     def __post_init__(self) -> None:
         for t in (self.temperature, *([self.tta.temperature] if self.tta else [])):
             if not (isinstance(t, numbers.Real) and 0 < t < math.inf):
                 raise CalibrationError(f"temperature must be a positive finite number, got {t}")
         check_coverage(self.coverage)
-        if self.ood is not None and self.ood.num_classes != self.num_classes:
-            raise CalibrationError(f"ood means have {self.ood.num_classes} classes, expected {self.num_classes}")
+        if self.ood is not None and not 1 <= self.ood.num_classes <= self.num_classes:  # a finetune: its lab's classes
+            raise CalibrationError(f"ood means have {self.ood.num_classes} classes, expected <= {self.num_classes}")
         if self.tta is not None and self.tta.conformal.num_classes != self.num_classes:
             raise CalibrationError(f"the TTA calibration has {self.tta.conformal.num_classes} classes")
 
@@ -350,11 +360,16 @@ class Calibration:
             "num_calibration": self.num_calibration,
             "calibration_counts": self.conformal.counts.tolist(),
             "always_in_set": self.conformal.always_included(self.coverage),
-            "conformal": {"method": CONFORMAL_METHOD, "library": CONFORMAL_LIBRARY},
+            "conformal": {
+                "method": CONFORMAL_METHOD if self.conformal.mondrian else MARGINAL_METHOD,
+                "mondrian": self.conformal.mondrian,
+                "library": CONFORMAL_LIBRARY,
+            },
             "ood": ood,
             "tta": tta,
             "precision": "float32",
             "notes": list(self.notes),
+            "colour": self.colour.to_meta() if self.colour is not None else None,
         }
 
     def to_tensors(self) -> dict[str, np.ndarray]:
@@ -393,7 +408,8 @@ class Calibration:
             )
         try:
             labels, num_classes = tensors["conformal_labels"], int(meta["num_classes"])
-            conformal = ConformalScores(tensors["conformal_scores"], labels, num_classes)
+            mondrian = bool((meta.get("conformal") or {}).get("mondrian", True))  # pooled: a finetune's few cells
+            conformal = ConformalScores(tensors["conformal_scores"], labels, num_classes, mondrian)
             if len(conformal.scores) != meta["num_calibration"]:
                 raise CalibrationError(f"{len(conformal.scores)} conformal scores, meta says {meta['num_calibration']}")
             counts = meta.get("calibration_counts")
@@ -403,7 +419,8 @@ class Calibration:
                 )
             tta = None
             if tta_meta is not None:
-                scores = ConformalScores(tensors["tta_conformal_scores"], tensors["tta_conformal_labels"], num_classes)
+                tta_labels = tensors["tta_conformal_labels"]
+                scores = ConformalScores(tensors["tta_conformal_scores"], tta_labels, num_classes, mondrian)
                 if len(scores.scores) != tta_meta["num_calibration"]:
                     raise CalibrationError(
                         f"{len(scores.scores)} TTA conformal scores, meta says {tta_meta['num_calibration']}"
@@ -416,6 +433,7 @@ class Calibration:
                 ood=_ood_from(ood_meta, tensors) if ood_meta is not None else None,
                 notes=tuple(str(n) for n in meta.get("notes", ())),
                 tta=tta,
+                colour=ColourStats.from_meta(meta["colour"]) if meta.get("colour") else None,  # none before round 4
             )
         except (KeyError, TypeError, ValueError, CellnetError) as e:
             raise CheckpointError(f"calibration in checkpoint is inconsistent: {e}") from e

@@ -225,7 +225,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
-    model = _build(meta, dataclasses.replace(config, pretrained=False, weights_file=None), len(classes), meta_path)
+    empty = dataclasses.replace(config, pretrained=False, weights_file=None, init_checkpoint=None)  # weights: below
+    model = _build(meta, empty, len(classes), meta_path)
     _check_members(meta, state, weights_path)
     check_state_dict(model, state, where=str(weights_path))
     model.load_state_dict(state, strict=True)

@@ -1,4 +1,4 @@
-"""The `cellnet` command: train / predict / evaluate / export / clean.
+"""The `cellnet` command: train / predict / evaluate / export / clean / weights / finetune.
 
 Each subcommand is a plain function of its parsed arguments that returns an exit code. Errors a user can fix
 (CellnetError, missing files, bad YAML) print one line `error: ...` on stderr and exit 2; `--debug` shows the
@@ -76,12 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "images): weights and checkpoint untouched, the OOD flag still uses the training statistics, the coverage "
         "promise does not cover adapted predictions",
     )
+    inference.add_argument(
+        "--canonicalize",
+        action="store_true",
+        help="per group (one INPUT: a folder or npz, one lab or scan; at least 32 images), match the framing (zoom "
+        "both ways) and colour to the training cells, each kept only where the model's median OOD score drops; "
+        "then --adapt, --tta and the flag see the matched images. Not the class-name matching of folder SOURCEs",
+    )
     _add_train(sub, common)
     _add_predict(sub, [common, inference])
     _add_evaluate(sub, [common, inference])
     _add_export(sub, common)
     _add_clean(sub, common)
     _add_weights(sub, common)
+    _add_finetune(sub, common)
     return parser
 
 
@@ -195,6 +203,32 @@ def _add_clean(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_clean)
 
 
+def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "finetune",
+        parents=[common],
+        help="adapt a deployed model to a new lab from a few labelled cells (~10 per class)",
+        description="Fine-tune the single model in --checkpoint on LABELLED (any SOURCE: a few labelled cells of a "
+        "new lab, about ten per class; classes matched by name, every class kept in the output layer) -- all "
+        "layers, a short schedule sized by the number of cells, the model's own augmentation -- and calibrate it by "
+        "cross-fitting on the same cells (out-of-fold logits of k folds: temperature, prediction sets pooled over "
+        "the classes, the new lab's OOD statistics). DIR is a normal calibrated checkpoint for predict, evaluate "
+        "and export; its provenance names the parent's weights hash.",
+    )
+    p.add_argument("labelled", metavar="LABELLED_SOURCE", help="labelled cells of the new lab (folder, npz, ...)")
+    p.add_argument("--checkpoint", metavar="DIR", required=True, help="the deployed model (a search's best/)")
+    p.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--canonicalize",
+        action="store_true",
+        help="match the cells' framing and colour to the training cells first (chosen on them by the model's OOD "
+        "score; then predict the lab's cells with --canonicalize too)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="folds, shuffling and augmentation (default 0)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.set_defaults(func=cmd_finetune)
+
+
 def _add_weights(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "weights",
@@ -269,12 +303,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cellnet import data as celldata
     from cellnet.checkpoint import save_checkpoint
     from cellnet.config import load_config
+    from cellnet.parent import check_experiment
     from cellnet.progress import progress_bar
     from cellnet.provenance import data_hash, git_sha
     from cellnet.train import fit
 
     cfg = load_config(args.config, overrides={"data": {"source": args.data, "image_size": args.image_size}})
     config = fixed_train_config(args.config, cfg, epochs=args.epochs, seed=args.seed, device=args.device)
+    check_experiment(cfg)
     source, image_size = cfg.data.source, cfg.data.image_size
     out = Path(args.out)
     if out.exists() and not (out.is_dir() and ((out / "cellnet.json").is_file() or not any(out.iterdir()))):
@@ -359,9 +395,11 @@ def _load(checkpoint: str, device: str) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.files import atomic_path
-    from cellnet.predict import predict_inputs
+    from cellnet.predict import check_canonicalizable, predict_inputs
 
     ckpt = _load(args.checkpoint, args.device)
+    if args.canonicalize:
+        check_canonicalizable(ckpt, args.checkpoint)
     if args.coverage is not None:
         from cellnet.checks import check_coverage  # numpy: a subcommand's import, like the ones above
 
@@ -381,13 +419,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta,
         adapt=args.adapt,
+        canonicalize=args.canonicalize,
         min_confidence=args.min_confidence,
         coverage=args.coverage if ckpt.calibration is not None else None,
         workers=args.workers,
     )
     table = predicted.table
-    if predicted.adaptation is not None:
-        print(predicted.adaptation.describe(), file=sys.stderr)
+    for group, (n, choice) in predicted.canonicalizations.items():
+        print(choice.describe(group, n), file=sys.stderr)
+    for group, adaptation in predicted.adaptations.items():
+        print(f"{group}: {adaptation.describe()}", file=sys.stderr)
     if args.out:
         with atomic_path(args.out) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
@@ -408,6 +449,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     for row in table.loc[table["error"] != "", ["id", "error"]].head(5).itertuples():
         print(f"failed: {row.id}: {row.error}", file=sys.stderr)
+    for hint in predicted.hints:
+        print(hint.replace("CHECKPOINT", str(args.checkpoint)), file=sys.stderr)
     return EXIT_FAILED_INPUTS if failed else 0
 
 
@@ -429,22 +472,32 @@ def _warn_always_in_set(ckpt: Any, coverage: float | None, *, views: int) -> Non
 def cmd_evaluate(args: argparse.Namespace) -> int:
     # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet import data as celldata
+    from cellnet.canonicalize import READ_SCALE
     from cellnet.evaluate import evaluate, summary_table
+    from cellnet.predict import check_canonicalizable
 
     ckpt = _load(args.checkpoint, args.device)
-    data = celldata.load(args.data, image_size=ckpt.image_size)
+    if args.canonicalize:
+        check_canonicalizable(ckpt, args.checkpoint)
+    read_size = ckpt.image_size * (READ_SCALE if args.canonicalize else 1)  # zoomed before resizing: detail kept
+    data = celldata.load(args.data, image_size=read_size)
     metrics = evaluate(
         ckpt,
         data,
         args.out,
         tta=args.tta,
         adapt=args.adapt,
+        canonicalize=args.canonicalize,
         shifted=args.shifted,
         batch_size=args.batch_size,
         seed=args.seed,
         where=args.data,
         header={"checkpoint": str(args.checkpoint), "data": args.data},
     )
+    if metrics.get("canonicalization"):
+        c = metrics["canonicalization"]
+        colour = "colour matched to the training cells" if c["colour_matched"] else "colour as it is"
+        print(f"--canonicalize: {args.data}: zoom {c['zoom']:g}, {colour}", file=sys.stderr)
     if metrics.get("adaptation"):
         from cellnet.adapt import Adaptation  # torch: a subcommand's import, like the ones above
 
@@ -484,6 +537,34 @@ def cmd_weights(args: argparse.Namespace) -> int:
     for name, yes, how in rows:
         print(f"{name:<{width}}  {yes:<7}  {how}")
     print(f"converted weights are cached in {cache_dir() / 'weights'}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
+    from cellnet import data as celldata
+    from cellnet.canonicalize import READ_SCALE
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.finetune import describe, finetune
+    from cellnet.predict import check_canonicalizable
+    from cellnet.train import select_device
+
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and ((out / "cellnet.json").is_file() or not any(out.iterdir()))):
+        raise CellnetError(f"--out {out} exists and is not a cellnet checkpoint directory; choose another DIR")
+    parent = load_checkpoint(args.checkpoint)
+    if args.canonicalize:
+        check_canonicalizable(parent, args.checkpoint)
+    read_size = parent.image_size * (READ_SCALE if args.canonicalize else 1)  # zoomed before resizing: detail kept
+    cells = celldata.load(args.labelled, image_size=read_size)
+    device = str(select_device(args.device))
+    result = finetune(
+        args.checkpoint, cells, out, canonicalize=args.canonicalize, seed=args.seed, device=device, source=args.labelled
+    )
+    if result.canonicalization is not None:
+        print(result.canonicalization.describe(args.labelled, len(cells)), file=sys.stderr)
+    for line in describe(result):
+        print(line)
     return 0
 
 

@@ -33,6 +33,7 @@ class TrainConfig:
     backbone: str = "mobilenetv3_small_050"
     pretrained: bool | str = False  # true (weights or an error), "auto" (weights where found offline), false
     weights_file: str | None = None
+    init_checkpoint: str | None = None  # a deployed cellnet checkpoint to start from (cellnet.parent): a new lab's fit
     head_layers: int = 1
     head_width: int = 256
     head_batchnorm: bool = True
@@ -85,6 +86,10 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(
         c.pretrained is True or c.pretrained is False or c.pretrained == "auto",
         f"pretrained must be true, false or auto, got {c.pretrained!r}",
+    )
+    need(
+        c.init_checkpoint is None or (isinstance(c.init_checkpoint, str) and bool(c.init_checkpoint)),
+        f"init_checkpoint must be a checkpoint directory or null, got {c.init_checkpoint!r}",
     )
     need(c.head_layers >= 0, f"head_layers must be >= 0, got {c.head_layers}")
     need(c.head_width >= 1, f"head_width must be >= 1, got {c.head_width}")

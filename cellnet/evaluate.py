@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
 
 from cellnet.calibrate import CalibratedOutput, softmax
+from cellnet.canonicalize import Canonicalization
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.files import atomic_path, write_text
@@ -207,6 +208,7 @@ def shifted_metrics(
     seed: int = SHIFT_SEED,
     tta: bool = False,
     adapt: bool = False,
+    canonicalize: bool = False,
     batch_size: int = 256,
     clean_ood: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -219,9 +221,12 @@ def shifted_metrics(
     names = resolve_names(suite)
     per_shift: dict[str, dict[str, Any]] = {}
     for name in names:
-        out = predict_batch(checkpoint, apply_shift(name, images, seed), batch_size=batch_size, tta=tta, adapt=adapt)
+        shifted = apply_shift(name, images, seed)
+        out = predict_batch(checkpoint, shifted, batch_size=batch_size, tta=tta, adapt=adapt, canonicalize=canonicalize)
         rep = report(y_true, out.probs, classes)
         per_shift[name] = {k: rep[k] for k in SHIFT_KEYS} | {"description": SHIFTS[name].description}
+        if out.canonicalization is not None:
+            per_shift[name]["canonicalization"] = canonicalization_summary(out.canonicalization)
         if out.calibrated is not None:
             per_shift[name]["trust"] = trust_metrics(y_true, out, classes, clean_ood=clean_ood)
     accuracy = {name: per_shift[name]["accuracy"] for name in names}
@@ -438,6 +443,17 @@ def plot_trust(
     _save_figure(fig, path)
 
 
+def canonicalization_summary(choice: Canonicalization) -> dict[str, Any]:
+    """What --canonicalize chose for a set of images, JSON as it is."""
+    return {
+        "zoom": choice.zoom,
+        "colour_matched": choice.colour_matched,
+        "median_ood_scores": choice.medians,
+        "images_scored": choice.images_scored,
+        "note": choice.note,
+    }
+
+
 def evaluate(
     checkpoint: Checkpoint,
     data: CellData,
@@ -445,6 +461,7 @@ def evaluate(
     *,
     tta: bool = False,
     adapt: bool = False,
+    canonicalize: bool = False,
     shifted: bool = False,
     batch_size: int = 256,
     seed: int = SHIFT_SEED,
@@ -455,17 +472,24 @@ def evaluate(
     """Evaluate `checkpoint` on `data`, write the report files into `out_dir`, return the metrics.json content.
 
     `data` must be at the checkpoint's image_size or is resized by `predict_images`; classes are matched by name.
-    `shifted=True` adds metrics["shifted"] for the shift names in `shifts` (seeded by `seed`). `header`: entries
+    `shifted=True` adds metrics["shifted"] for the shift names in `shifts` (seeded by `seed`). `canonicalize`: `data`
+    is one group (one lab or scan) whose framing and colour are matched to the training cells first
+    (`cellnet.canonicalize`); each shifted copy is a group of its own. `header`: entries
     metrics.json starts with (which checkpoint, which data).
     """
     out_dir = Path(out_dir)
     classes = list(checkpoint.classes)
     y_true = labels_for(data, checkpoint.classes, where)
     suite = resolve_names(shifts) if shifted else ()
-    metrics: dict[str, Any] = {**(header or {}), "classes": classes, "tta": tta, "adapt": adapt}
-    prediction = predict_batch(checkpoint, data.images, batch_size=batch_size, tta=tta, adapt=adapt)
+    how = {"tta": tta, "adapt": adapt, "canonicalize": canonicalize}
+    metrics: dict[str, Any] = {**(header or {}), "classes": classes, **how}
+    prediction = predict_batch(
+        checkpoint, data.images, batch_size=batch_size, tta=tta, adapt=adapt, canonicalize=canonicalize
+    )
     if prediction.adaptation is not None:
         metrics["adaptation"] = dataclasses.asdict(prediction.adaptation)
+    if prediction.canonicalization is not None:
+        metrics["canonicalization"] = canonicalization_summary(prediction.canonicalization)
     probs, cal = prediction.probs, prediction.calibrated
     rep = report(y_true, probs, classes)
     write_report(rep, data.ids, y_true, probs, classes, out_dir, "clean", calibrated=cal)
@@ -491,6 +515,7 @@ def evaluate(
             seed=seed,
             tta=tta,
             adapt=adapt,
+            canonicalize=canonicalize,
             batch_size=batch_size,
             clean_ood=cal.ood_score if cal is not None else None,
         )

@@ -15,7 +15,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cellnet.adapt import Adaptation, adapt, chunk_size, shuffled
 from cellnet.calibrate import CalibratedOutput, softmax, uncertain
+from cellnet.canonicalize import READ_SCALE, Canonicalization, choose
 from cellnet.checks import check_coverage
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
 # (number of 90° rotations, horizontal flip first): the dihedral group D4 of a square image.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+FILES_GROUP = "image files given one by one"  # the group of the image files among the INPUTs
+MOSTLY_FLAGGED = 0.5  # a group with more of its images out of distribution than this gets a hint of what to do
 
 
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -173,12 +176,13 @@ def checkpoint_feature_kind(checkpoint: Checkpoint) -> str:
 class Prediction:
     """A checkpoint's answer for N images: probabilities (calibrated when the checkpoint has a calibration), the raw
     `inference`, and what the calibration adds (sets at a coverage, OOD score) -- None for an uncalibrated one;
-    `adaptation`: what --adapt did (None without it)."""
+    `adaptation`: what --adapt did, `canonicalization`: what --canonicalize chose (None without them)."""
 
     probs: np.ndarray
     inference: Inference
     calibrated: CalibratedOutput | None = None
     adaptation: Adaptation | None = None
+    canonicalization: Canonicalization | None = None
 
     def uncertain(self, min_confidence: float | None = None) -> np.ndarray:
         """The one "uncertain" rule (`cellnet.calibrate.uncertain`) with what this checkpoint can tell."""
@@ -195,26 +199,60 @@ def predict_batch(
     tta: bool = False,
     coverage: float | None = None,
     adapt: bool = False,
+    canonicalize: bool | Canonicalization = False,
     on_batch: Callable[[int], object] | None = None,
 ) -> Prediction:
     """`infer`, then the checkpoint's calibration (`Calibration.apply`: the temperature, sets and OOD score fitted
     for this way of predicting; TTA on a checkpoint calibrated on single views only is a CalibrationError, raised
     before any work). Features are computed only when the calibration has OOD statistics.
 
-    `adapt`: the BatchNorm statistics re-estimated on all of `images` (`cellnet.adapt`) for the probabilities and
-    sets; the OOD score still comes from the model with its training statistics (a foreign batch stays foreign)."""
+    `canonicalize`: `images` are one group (one lab or scan): its zoom and colour are chosen from them by the
+    model's OOD score (`cellnet.canonicalize`; or given, a Canonicalization) and every step after -- TTA, --adapt,
+    the sets and the flag -- sees the canonicalized images. `adapt`: the BatchNorm statistics re-estimated on all of
+    `images` (`cellnet.adapt`) for the probabilities and sets; the OOD score still comes from the model with its
+    training statistics (a foreign batch stays foreign)."""
     calibration = checkpoint.calibration
     if calibration is not None:
         calibration.view(len(DIHEDRAL) if tta else 1)
+    choice = None
+    if canonicalize is not False:
+        choice = canonicalize if isinstance(canonicalize, Canonicalization) else canonical_choice(checkpoint, images)
+        images = choice.apply(images)
     with_features = calibration is not None and calibration.ood is not None
     out = infer(checkpoint, images, batch_size=batch_size, tta=tta, features=with_features, on_batch=on_batch)
     adaptation = None
     if adapt:
         out, adaptation = _adapted(checkpoint, images, out, batch_size=batch_size, tta=tta)
     if calibration is None:
-        return Prediction(out.probs(), out, adaptation=adaptation)
+        return Prediction(out.probs(), out, adaptation=adaptation, canonicalization=choice)
     calibrated = calibration.apply(out.all_views(), out.features, coverage)
-    return Prediction(calibrated.probs, out, calibrated, adaptation)
+    return Prediction(calibrated.probs, out, calibrated, adaptation, choice)
+
+
+def check_canonicalizable(checkpoint: Checkpoint, where: str = "this checkpoint") -> None:
+    """--canonicalize chooses by the model's OOD score: a checkpoint without one (from `cellnet train`) is refused
+    in one line."""
+    calibration = checkpoint.calibration
+    if calibration is None or calibration.ood is None:
+        raise CellnetError(
+            f"--canonicalize chooses a group's framing and colour by the model's own OOD score, which {where} does "
+            "not have (a `cellnet train` model has no calibration; a search's deployed best/ has one)"
+        )
+
+
+def canonical_choice(checkpoint: Checkpoint, images: np.ndarray, *, batch_size: int = 256) -> Canonicalization:
+    """The zoom and colour that bring the group `images` closest to `checkpoint`'s training cells, by the median of
+    its OOD score (`cellnet.canonicalize.choose`); without stored colour statistics, the zoom only."""
+    check_canonicalizable(checkpoint)
+    calibration = checkpoint.calibration
+    assert calibration is not None and calibration.ood is not None
+    ood = calibration.ood
+
+    def score(x: np.ndarray) -> np.ndarray:
+        features = infer(checkpoint, x, batch_size=batch_size, features=True).features
+        return ood.score(features)
+
+    return choose(images, score, calibration.colour, size=checkpoint.image_size)
 
 
 def _adapted(
@@ -265,6 +303,7 @@ class _Source:
     paths: list[Path] | None = None
     images: np.ndarray | None = None
     error: str | None = None
+    group: str = FILES_GROUP  # the INPUT it came from: one lab or scan (image files given one by one: one group)
 
 
 def _looks_like_npz(text: str) -> bool:
@@ -284,7 +323,7 @@ def expand_inputs(inputs: Sequence[str], image_size: int) -> list[_Source]:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if files:
-                sources.append(_Source(ids=[str(p) for p in files], paths=files))
+                sources.append(_Source(ids=[str(p) for p in files], paths=files, group=text))
             else:
                 sources.append(_Source([text], error=f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder"))
         elif path.is_file() and not _looks_like_npz(text):
@@ -297,7 +336,7 @@ def expand_inputs(inputs: Sequence[str], image_size: int) -> list[_Source]:
             except CellnetError as e:
                 sources.append(_Source([text], error=str(e)))
             else:
-                sources.append(_Source(ids=[str(i) for i in loaded.ids], images=loaded.images))
+                sources.append(_Source(ids=[str(i) for i in loaded.ids], images=loaded.images, group=text))
     return sources
 
 
@@ -331,10 +370,26 @@ def _decoded_chunks(
 
 @dataclass
 class PredictedTable:
-    """What `predict_inputs` returns: the CSV's rows, and what --adapt did (None without it)."""
+    """What `predict_inputs` returns: the CSV's rows, per group (one INPUT) what --adapt did and what
+    --canonicalize chose, and one line of advice per group that is mostly out of distribution."""
 
     table: pd.DataFrame
-    adaptation: Adaptation | None = None
+    adaptations: dict[str, Adaptation] = field(default_factory=dict)
+    canonicalizations: dict[str, tuple[int, Canonicalization]] = field(default_factory=dict)  # (images, choice)
+    hints: list[str] = field(default_factory=list)
+
+
+def mostly_flagged_hint(group: str, flagged: int, n: int, *, canonicalized: bool) -> str | None:
+    """Advice for a group whose images are mostly out of distribution (None when they are not)."""
+    if n == 0 or flagged / n <= MOSTLY_FLAGGED:
+        return None
+    first = "" if canonicalized else "try --canonicalize (framing and colour matched from the images); if they stay "
+    first += "flagged, " if not canonicalized else "even canonicalized: "
+    return (
+        f"hint: {group}: {flagged} of {n} images ({flagged / n:.0%}) are unlike the training cells (ood): {first}"
+        "label about ten cells per class of this lab and fine-tune on them: cellnet finetune --checkpoint CHECKPOINT "
+        "LABELLED_CELLS --out DIR, then predict with DIR"
+    )
 
 
 def predict_inputs(
@@ -344,18 +399,22 @@ def predict_inputs(
     batch_size: int = 256,
     tta: bool = False,
     adapt: bool = False,
+    canonicalize: bool = False,
     min_confidence: float | None = None,
     coverage: float | None = None,
     workers: int | None = None,
     show_progress: bool | None = None,
 ) -> PredictedTable:
     """The `cellnet predict` table, in input order: id, predicted, confidence, uncertain, set, set_size, ood_score,
-    ood, error, p_<class> per class (see `prediction_table`); with `adapt` also `adapted`.
+    ood, error, p_<class> per class (see `prediction_table`); with `adapt` or `canonicalize` also `group` (the INPUT
+    a row came from), `adapted`, `zoom` and `colour_matched`.
 
     Rows whose image could not be read have `error` set and empty prediction columns; the rest are still predicted.
-    `coverage`: the prediction sets' coverage (default: the checkpoint's); needs a calibrated checkpoint. `adapt`:
-    every readable image is decoded first and predicted in one call, so the BatchNorm statistics are re-estimated
-    on all of them (`cellnet.adapt`), not per chunk.
+    `coverage`: the prediction sets' coverage (default: the checkpoint's); needs a calibrated checkpoint. A group is
+    one INPUT (a folder, an npz: one lab or scan; image files given one by one are one group together). With
+    `canonicalize` or `adapt` every readable image of a group is decoded first and the group is predicted in one
+    call: canonicalized first (`cellnet.canonicalize`, at least 32 images), then its BatchNorm statistics
+    re-estimated on all its images (`cellnet.adapt`, at least 64).
     """
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise CellnetError(f"--min-confidence must be in [0, 1], got {min_confidence}")
@@ -364,39 +423,77 @@ def predict_inputs(
     calibration = checkpoint.calibration
     if calibration is not None:
         calibration.view(len(DIHEDRAL) if tta else 1)  # refuse a way of predicting it was not fitted on, up front
+    if canonicalize:
+        check_canonicalizable(checkpoint)
     classes = list(checkpoint.classes)
-    sources = expand_inputs(inputs, checkpoint.image_size)
+    read_size = checkpoint.image_size * (READ_SCALE if canonicalize else 1)  # zoomed before resizing: detail kept
+    sources = expand_inputs(inputs, read_size)
     ids = [i for s in sources for i in s.ids]
     probs = np.full((len(ids), len(classes)), np.nan, dtype=np.float32)
     sets = np.zeros((len(ids), len(classes)), dtype=bool) if calibration is not None else None
     ood = np.full(len(ids), np.nan) if calibration is not None and calibration.ood is not None else None
     errors = [""] * len(ids)
-    adaptation: Adaptation | None = None
+    groups = [s.group for s in sources for _ in s.ids]
+    out = PredictedTable(pd.DataFrame())
 
-    def run(rows: np.ndarray, images: np.ndarray) -> None:
-        nonlocal adaptation
-        out = predict_batch(checkpoint, images, batch_size=batch_size, tta=tta, coverage=coverage, adapt=adapt)
-        probs[rows] = out.probs
-        adaptation = out.adaptation
-        if sets is not None and out.calibrated is not None:
-            sets[rows] = out.calibrated.sets
-        if ood is not None and out.calibrated is not None and out.calibrated.ood_score is not None:
-            ood[rows] = out.calibrated.ood_score
+    def run(group: str, rows: np.ndarray, images: np.ndarray) -> None:
+        pred = predict_batch(
+            checkpoint,
+            images,
+            batch_size=batch_size,
+            tta=tta,
+            coverage=coverage,
+            adapt=adapt,
+            canonicalize=canonicalize,
+        )
+        probs[rows] = pred.probs
+        if pred.adaptation is not None:
+            out.adaptations[group] = pred.adaptation
+        if pred.canonicalization is not None:
+            out.canonicalizations[group] = (len(rows), pred.canonicalization)
+        if sets is not None and pred.calibrated is not None:
+            sets[rows] = pred.calibrated.sets
+        if ood is not None and pred.calibrated is not None and pred.calibrated.ood_score is not None:
+            ood[rows] = pred.calibrated.ood_score
 
-    held: list[tuple[np.ndarray, np.ndarray]] = []  # with --adapt: every group, predicted together at the end
+    whole_groups = adapt or canonicalize
+    held: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # a group's chunks, predicted together at its end
     with progress_bar(len(ids), "predict", "img", enabled=show_progress) as bar:
-        for rows, images in _readable(sources, checkpoint.image_size, max(batch_size, 64), errors, workers, bar.update):
-            if adapt:
-                held.append((rows, images))
+        chunks = _readable(sources, read_size, max(batch_size, 64), errors, workers, bar.update)
+        for group, rows, images in chunks:
+            if whole_groups:
+                held.setdefault(group, []).append((rows, images))
             else:
-                run(rows, images)
-    if held:
-        run(np.concatenate([r for r, _ in held]), np.concatenate([x for _, x in held]))
-    table = prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
-    if adapt:
-        changed = adaptation is not None and adaptation.layers > 0  # no BatchNorm: nothing was adapted
-        table["adapted"] = [None if e else changed for e in errors]
-    return PredictedTable(table, adaptation)
+                run(group, rows, images)
+    for group, parts in held.items():
+        run(group, np.concatenate([r for r, _ in parts]), np.concatenate([x for _, x in parts]))
+    out.table = prediction_table(ids, probs, errors, classes, min_confidence, sets=sets, ood_score=ood)
+    if whole_groups:
+        _group_columns(out, groups, errors, adapt=adapt)
+    if ood is not None:
+        for group in dict.fromkeys(groups):
+            mine = np.array([g == group and not e for g, e in zip(groups, errors)], dtype=bool)
+            hint = mostly_flagged_hint(
+                group, int(is_ood(ood[mine]).sum()), int(mine.sum()), canonicalized=group in out.canonicalizations
+            )
+            if hint:
+                out.hints.append(hint)
+    return out
+
+
+def _group_columns(out: PredictedTable, groups: list[str], errors: list[str], *, adapt: bool) -> None:
+    """The per-group columns: the INPUT, whether --adapt changed anything, what --canonicalize chose."""
+    table = out.table
+    table["group"] = groups
+    if adapt:  # no BatchNorm: nothing was adapted, and the column says so
+        changed = {g for g, a in out.adaptations.items() if a.layers > 0}
+        table["adapted"] = [None if e else g in changed for g, e in zip(groups, errors)]
+    if out.canonicalizations:
+        choice = {g: c for g, (_, c) in out.canonicalizations.items()}
+        table["zoom"] = [None if e or g not in choice else choice[g].zoom for g, e in zip(groups, errors)]
+        table["colour_matched"] = [
+            None if e or g not in choice else choice[g].colour_matched for g, e in zip(groups, errors)
+        ]
 
 
 def _readable(
@@ -406,9 +503,9 @@ def _readable(
     errors: list[str],
     workers: int | None,
     progress: Callable[[int], object],
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(row numbers, uint8 images) of every readable image, chunk by chunk in input order; an unreadable input's
-    reason goes to `errors` at its row."""
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(group, row numbers, uint8 images) of every readable image, chunk by chunk in input order; an unreadable
+    input's reason goes to `errors` at its row."""
     offset = 0
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         for src in sources:
@@ -416,7 +513,7 @@ def _readable(
                 errors[offset] = src.error
                 progress(1)
             elif src.images is not None:
-                yield np.arange(offset, offset + len(src.ids)), src.images
+                yield src.group, np.arange(offset, offset + len(src.ids)), src.images
                 progress(len(src.ids))
             elif src.paths is not None:
                 row = offset
@@ -426,7 +523,7 @@ def _readable(
                         if isinstance(d, str):
                             errors[row + j] = d
                     if good:
-                        yield np.array([row + j for j in good]), np.stack([decoded[j] for j in good])
+                        yield src.group, np.array([row + j for j in good]), np.stack([decoded[j] for j in good])
                     progress(len(decoded))
                     row += len(decoded)
             offset += len(src.ids)

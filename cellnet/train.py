@@ -40,6 +40,7 @@ from cellnet.data.folds import class_weights
 from cellnet.errors import ConfigError, DataError, DivergedError
 from cellnet.metrics import classification_metrics
 from cellnet.model import CellNet, build_model, model_normalisation
+from cellnet.parent import check_parent, init_from_parent, load_parent
 
 # timm optimizer names for our menu (timm's 'lookahead_' prefix wraps any optimizer in Lookahead).
 TIMM_OPTIMIZERS: dict[str, str] = {
@@ -384,11 +385,12 @@ class Trainer:
         self.num_classes = len(train.classes)
         self.image_size = train.image_size
         self.has_val = val is not None and len(val) > 0
+        self.init_note: str | None = None  # where an init_checkpoint's weights went (None: not started from one)
 
         seed_everything(config.seed)  # the initial weights depend on the seed only
         # channels_last on every device: on CPU too it is oneDNN's fast layout (bench/bench_train.py: 1.2x for
         # resnet10t, 1.5-2.6x for EfficientNet-Lite's depthwise convolutions)
-        model = build_model(config, self.num_classes).to(self.device).to(memory_format=torch.channels_last)
+        model = self._initial_model(config, train.classes).to(self.device).to(memory_format=torch.channels_last)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         self.model: nn.Module = model  # callers may wrap it (DDP); `core` is always the CellNet
@@ -415,6 +417,18 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best = BestEpoch()
         self.history: list[dict[str, float]] = []
+
+    def _initial_model(self, config: TrainConfig, classes: tuple[str, ...]) -> CellNet:
+        """The model before its first step: `build_model`'s (ImageNet weights or random), or with
+        `init_checkpoint` a deployed model's weights (`cellnet.parent`: the backbone, and the head when the classes
+        are its)."""
+        if config.init_checkpoint is None:
+            return build_model(config, self.num_classes)
+        parent = load_parent(config.init_checkpoint)
+        check_parent(parent, config)
+        model = build_model(replace(config, pretrained=False, weights_file=None), self.num_classes)
+        self.init_note = init_from_parent(model, parent, classes)
+        return model
 
     # -- one epoch ----------------------------------------------------------------------------------------------
 

@@ -149,9 +149,11 @@ def resolve(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
         raise ConfigError(
             f"{run_dir} already holds a search; pass --resume to continue it or --storage DIR for a new one"
         )
+    from cellnet.parent import check_experiment  # torch: loads only once a search is asked for
     from search.space import check_points  # search.space imports optuna (the search extra): main checks it first
 
     check_points(cfg)
+    check_experiment(cfg)  # a trial that could not start from init_checkpoint is refused before any runs
     return cfg, run_dir
 
 
@@ -190,6 +192,10 @@ def describe_weights(cfg: ExperimentConfig) -> list[str]:
     without them (scratch under pretrained: auto or false, the hub or an error under true)."""
     from cellnet.weights import find_offline  # torch (~1.5 s), for the dry run's weights lines only
 
+    init = cfg.fixed_values().get("init_checkpoint")
+    if init is not None:
+        return [f"  {name}: the weights of init_checkpoint {init} (backbone, and head when the classes match)"
+                for name in cfg.backbones()]  # fmt: skip
     p = cfg.space.get("pretrained")
     choices = set(p.values) if p is not None else {cfg.fixed_values().get("pretrained", False)}
     lines = []
