@@ -23,6 +23,11 @@ class DivergedError(CellnetError):
     """Training produced a NaN/inf loss; the run cannot continue."""
 
 
+class WeightsMismatchError(ConfigError):
+    """Models that must start from the same weights did not: a trial's folds, or the winner and its refit (e.g.
+    `pretrained: auto` on a node without the weights package)."""
+
+
 class CalibrationError(CellnetError, ValueError):
     """A calibration cannot be fitted or applied (too few images, a class without any, mismatched shapes).
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from cellnet.checkpoint import Checkpoint, in_memory
 from cellnet.config import TrainConfig
 from cellnet.data.dataset import CellData
-from cellnet.errors import CheckpointError
+from cellnet.errors import CellnetError, CheckpointError
 from cellnet.files import atomic_path
 from cellnet.model import CellNet, FoldEnsemble, build_model
 from cellnet.predict import infer
@@ -164,6 +164,26 @@ def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return path
+
+
+def check_oof_folds(path: Path, ids: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Refuse, in one line, to calibrate on folds other than those `path` (the search's oof.npz, if there) was scored
+    with: `search.retrain` rebuilds the folds from the data and cv.seed, and another split would put a fold model's
+    own training images among its "out-of-fold" ones."""
+    if not path.is_file():
+        return
+    with np.load(path, allow_pickle=False) as stored:
+        old = dict(zip(stored["ids"].astype(str).tolist(), stored["fold"].tolist()))
+    new = {}
+    for k, (_, val) in enumerate(folds):
+        new.update(dict.fromkeys(np.asarray(ids)[val].astype(str).tolist(), k))
+    moved = sum(1 for i, k in new.items() if old.get(i) != k)
+    if moved or set(old) != set(new):
+        raise CellnetError(
+            f"{path}: the folds rebuilt from the data differ from those the search scored ({moved} of {len(new)} "
+            f"images in another fold or new, {len(set(old) - set(new))} gone): the data or cv.seed changed, and the "
+            "calibration would no longer be out of fold; calibrate on the data the search ran on"
+        )
 
 
 def ensemble(members: list[CellNet]) -> FoldEnsemble:

