@@ -83,6 +83,8 @@ def weights_identity(described: str | None) -> str:
     if not described or described == "none":
         return "none"
     kind, _, detail = described.partition(": ")
+    if kind == "checkpoint":  # cellnet.parent: "checkpoint: <weights sha256> (<path>)"
+        return f"{kind}: {detail.split(' ')[0]}"
     return f"{kind}: {Path(detail).name}" if kind in PATH_KINDS else described
 
 
