@@ -342,6 +342,7 @@ class Calibration:
                 "threshold_from": self.ood.threshold_from,
                 "features": self.ood.features,
                 "feature_dim": self.ood.feature_dim,
+                "centres": self.ood.num_classes,  # a finetune's: the classes its lab had cells of
                 "framing_zooms": list(self.ood.framing_zooms),
                 "framing_check": self.ood.framing_check,
                 "library": f"scikit-learn {version('scikit-learn')}",
@@ -430,7 +431,7 @@ class Calibration:
                 temperature=float(meta["temperature"]),
                 coverage=float(meta["coverage"]),
                 conformal=conformal,
-                ood=_ood_from(ood_meta, tensors) if ood_meta is not None else None,
+                ood=_ood_from(ood_meta, tensors, num_classes) if ood_meta is not None else None,
                 notes=tuple(str(n) for n in meta.get("notes", ())),
                 tta=tta,
                 colour=ColourStats.from_meta(meta["colour"]) if meta.get("colour") else None,  # none before round 4
@@ -439,10 +440,13 @@ class Calibration:
             raise CheckpointError(f"calibration in checkpoint is inconsistent: {e}") from e
 
 
-def _ood_from(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> OODDetector:
+def _ood_from(meta: dict[str, Any], tensors: dict[str, np.ndarray], num_classes: int) -> OODDetector:
     means, precision = np.asarray(tensors["ood_means"]), np.asarray(tensors["ood_precision"])
     if means.ndim != 3 or precision.ndim != 3 or len(means) != len(precision):
         raise CalibrationError(f"ood means {means.shape} / precision {precision.shape} not (k, C, D) / (k, D, D)")
+    centres = int(meta.get("centres", num_classes))  # written before finetune: a centre per class
+    if means.shape[1] != centres:
+        raise CalibrationError(f"ood means have {means.shape[1]} classes, meta says {centres}")
     members = tuple(MahalanobisStats(m, p) for m, p in zip(means, precision))
     if members[0].means.shape[1] != meta["feature_dim"]:
         raise CalibrationError(f"ood means have {members[0].means.shape[1]} features, meta says {meta['feature_dim']}")

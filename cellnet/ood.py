@@ -38,6 +38,7 @@ OOD_HOLDOUT = 0.2  # share of OOF images that set the OOD threshold instead of f
 OOD_METHOD = "Mahalanobis (Lee et al. 2018): min over classes of squared distance, shared Ledoit-Wolf covariance"
 FRAMING_DISCRIMINATOR = "logistic regression, calibration cells vs their mirrored zoom-outs (decision 0013)"
 FRAMING_CLASS_MEANS = "nearer a zoomed-out class mean than to every class mean (decision 0011)"
+FRAMING_FALSE_ALARM = 0.01  # the framing check fires on at most this share of the cells it was fitted on
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,10 @@ def fit_framing_discriminator(features: Any, zoomed_features: Any) -> np.ndarray
 
     sklearn's LogisticRegression on standardised features (C = 1, its default; both sides weighted equally), the
     scaling folded into the weights so predict needs one dot product. Class-agnostic: what it learns is the framing,
-    not the cell (decision 0011's class means caught 97% of full-frame validation cells, this 99.8%)."""
+    not the cell (decision 0011's class means caught 97% of full-frame validation cells, this 99.8%). Its bias is then
+    raised where needed so that it fires on at most FRAMING_FALSE_ALARM of the cells as they are: a boundary that
+    cuts into one class's near side would otherwise add false alarms beyond the threshold's stated rate (the flag as
+    a whole: at most false_alarm + FRAMING_FALSE_ALARM of cells like the calibration cells)."""
     x = check_matrix(features, "features")
     z = np.asarray(zoomed_features, dtype=np.float64)
     if z.ndim != 3 or len(z) < 1 or z.shape[2] != x.shape[1]:
@@ -134,7 +138,11 @@ def fit_framing_discriminator(features: Any, zoomed_features: Any) -> np.ndarray
     scaler = StandardScaler().fit(both)
     model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(scaler.transform(both), zoomed)
     w = model.coef_[0] / scaler.scale_
-    return np.append(w, model.intercept_[0] - w @ scaler.mean_)
+    bias = model.intercept_[0] - w @ scaler.mean_
+    margins = x @ w + bias
+    if (margins > 0).mean() > FRAMING_FALSE_ALARM:  # the cells as they are: at most this share may fire
+        bias -= float(np.quantile(margins, 1.0 - FRAMING_FALSE_ALARM, method="higher"))
+    return np.append(w, bias)
 
 
 def _class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from cellnet.errors import CalibrationError, CheckpointError, ConfigError
 from cellnet.metrics import coverage_report, flag_report, ood_auroc
 from cellnet.ood import (
     FRAMING_DISCRIMINATOR,
+    FRAMING_FALSE_ALARM,
     class_distances,
     fit_framing_discriminator,
     fit_mahalanobis,
@@ -297,14 +298,24 @@ def test_the_framing_check_flags_cells_framed_like_zoom_outs_and_leaves_the_rest
     w = fit_framing_discriminator(x, zoomed)  # the weights are its; the logit is one dot product
     np.testing.assert_allclose(framed.framing_margin(small), small @ w[:-1] + w[-1], rtol=1e-4, atol=1e-3)
     plain_flags, framed_flags = cal.ood.score(small) > 1, framed.score(small) > 1
-    assert plain_flags.mean() < 0.6 and framed_flags.mean() > 0.95, (plain_flags.mean(), framed_flags.mean())
+    # copies only 3 spreads from class 3 overlap it: the check's bias, held to FRAMING_FALSE_ALARM of the cells as they
+    # are, lets some through (measured 84%; 97% before the bias was held; on real full-frame cells: bench_ood)
+    assert plain_flags.mean() < 0.6 and framed_flags.mean() > 0.8, (plain_flags.mean(), framed_flags.mean())
 
     fresh, _ = draw(10_000)
     plain, checked = cal.ood.score(fresh), framed.score(fresh)
     assert (checked >= plain).all()  # the check only ever adds flags
     changed = checked != plain
-    # a linear boundary between class 3 and its copies 3 spreads away cuts into class 3's near side: ~4% of all cells
-    assert (checked[changed] > 1).all() and changed.mean() < 0.06, changed.mean()
+    # One number for the flag as a whole: at most false_alarm + FRAMING_FALSE_ALARM (5% + 1%) of fresh cells like the
+    # calibration ones, up to sampling error (3 sd of both rates: the threshold from ~600 held-out cells, 10,000
+    # fresh ones). A boundary between class 3 and its copies 3 spreads away cuts into class 3's near side (~4% of all
+    # cells before its bias was raised).
+    stated = cal.ood.false_alarm + FRAMING_FALSE_ALARM
+    error = 3 * np.sqrt(stated * (1 - stated) / 600) + 3 * np.sqrt(stated * (1 - stated) / len(fresh))
+    assert (checked[changed] > 1).all() and (checked > 1).mean() <= stated + error, (checked > 1).mean()
+    # what the check adds on its own: its 1% (measured 0.7%; 3.9% before the bias was held), 3 sd of 10,000 draws
+    added = FRAMING_FALSE_ALARM + 3 * np.sqrt(FRAMING_FALSE_ALARM * (1 - FRAMING_FALSE_ALARM) / len(fresh))
+    assert changed.mean() <= added, changed.mean()
     fired = framed.framing_margin(fresh) > 0
     assert (fired >= changed).all() and (checked[fired] > 1).all()  # fired: flagged (some were already)
     nan = framed.score(np.full((1, 16), np.nan, dtype=np.float32))
