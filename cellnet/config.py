@@ -39,6 +39,10 @@ class TrainConfig:
     head_batchnorm: bool = True
     dropout: float = 0.2
     input_size: int | None = None  # upscale images to this size for backbones that need more; None = native
+    # progressive resizing: the first `low_res_epochs` epochs train at `low_res_size` px (None: the stored images'
+    # size, no upscaling) -- cheap epochs where ASHA decides; validation always at the full input size
+    low_res_epochs: int = 0
+    low_res_size: int | None = None
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -95,6 +99,11 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(c.head_width >= 1, f"head_width must be >= 1, got {c.head_width}")
     need(0.0 <= c.dropout < 1.0, f"dropout must be in [0, 1), got {c.dropout}")
     need(c.input_size is None or c.input_size >= 16, f"input_size must be >= 16 or null, got {c.input_size}")
+    need(
+        isinstance(c.low_res_epochs, int) and c.low_res_epochs >= 0,
+        f"low_res_epochs must be an int >= 0, got {c.low_res_epochs!r}",
+    )
+    need(c.low_res_size is None or c.low_res_size >= 16, f"low_res_size must be >= 16 or null, got {c.low_res_size}")
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}")
     need(c.lr > 0 and math.isfinite(c.lr), f"lr must be > 0, got {c.lr}")
     need(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")

@@ -115,24 +115,38 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Batches of (uint8 N×H×W×3 images, int64 labels). Indices are (epoch, i) pairs from `EpochBatchSampler`, so
     workers (even persistent ones) know the epoch, and each sample's augmentation is seeded by (seed, epoch, i)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Any,
+        seed: int = 0,
+        early: tuple[Any, int] | None = None,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.transform = transform if len(transform.transforms) else None
         self.seed = seed
+        # (transform, epochs): the first `epochs` epochs use this one instead (progressive resizing: smaller images)
+        self.early = (early[0] if len(early[0].transforms) else None, early[1]) if early else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def transform_for(self, epoch: int) -> Any:
+        """The transform of epoch `epoch` (0-based): the early one during the first epochs, if any."""
+        return self.early[0] if self.early is not None and epoch < self.early[1] else self.transform
+
     def __getitems__(self, index: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.fromiter((i for _, i in index), dtype=np.int64, count=len(index))
         batch = self.images[idx]
-        if self.transform is not None:
+        transform = self.transform_for(index[0][0]) if len(index) else self.transform
+        if transform is not None:
             out = []
             for (epoch, i), image in zip(index, batch, strict=True):
                 rng = np.random.default_rng([self.seed, epoch, i])
-                self.transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
-                out.append(self.transform(image=image)["image"])
+                transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
+                out.append(transform(image=image)["image"])
             batch = np.stack(out)
         return torch.from_numpy(np.ascontiguousarray(batch)), torch.from_numpy(self.labels[idx])
 
@@ -180,13 +194,15 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    early: tuple[Any, int] | None = None,
 ) -> DataLoader[Any]:
     """A loader yielding (uint8 images N×H×W×3, labels). Training batches are shuffled and drop the last partial
-    batch (even sizes for MixUp; no batch of 1 for BatchNorm) unless the data is smaller than one batch."""
+    batch (even sizes for MixUp; no batch of 1 for BatchNorm) unless the data is smaller than one batch. `early`:
+    (a transform, n): the first n epochs use it instead of `transform`."""
     drop_last = train and len(data) > batch_size
     sampler = EpochBatchSampler(len(data), batch_size, shuffle=train, drop_last=drop_last, seed=seed)
     return DataLoader(
-        ImageDataset(data.images, data.labels, transform, seed),
+        ImageDataset(data.images, data.labels, transform, seed, early),
         batch_sampler=sampler,
         collate_fn=_first,
         num_workers=num_workers,
@@ -436,16 +452,20 @@ class Trainer:
         """The augmented, shuffled training loader and the plain validation loader (None without validation)."""
         c = self.config
         kw: dict[str, Any] = {"seed": c.seed, "num_workers": c.num_workers, "pin_memory": self.cuda}
-        augment = train_transform(
-            c.aug_strength,
-            self.image_size,
-            c.input_size,
-            zoom_aug=c.zoom_aug,
-            stain_aug=c.stain_aug,
-            policy=c.aug_policy,
-            magnitude=c.aug_magnitude,
-        )
-        train_loader = make_loader(train, augment, batch_size=c.batch_size, train=True, **kw)
+
+        def augment(size: int | None) -> Any:
+            return train_transform(
+                c.aug_strength,
+                self.image_size,
+                size,
+                zoom_aug=c.zoom_aug,
+                stain_aug=c.stain_aug,
+                policy=c.aug_policy,
+                magnitude=c.aug_magnitude,
+            )
+
+        early = (augment(c.low_res_size or self.image_size), c.low_res_epochs) if c.low_res_epochs else None
+        train_loader = make_loader(train, augment(c.input_size), batch_size=c.batch_size, train=True, early=early, **kw)
         if val is None or not self.has_val:
             return train_loader, None
         plain = eval_transform(self.image_size, c.input_size)

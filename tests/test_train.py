@@ -226,3 +226,27 @@ def test_wrapped_model_keeps_plain_state(small: tuple[CellData, CellData]) -> No
     trainer.train_epoch()
     assert set(trainer.state_dict()["model"]) == set(trainer.core.state_dict())
     assert not any(k.startswith("module.") for k in trainer.best_weights())
+
+
+def test_progressive_resizing_trains_the_first_epochs_smaller(small: tuple[CellData, CellData]) -> None:
+    """low_res_epochs: the first epochs' batches are at low_res_size (default: the stored images' size, here 32 px),
+    the rest at input_size; validation always at input_size; an epoch stays a function of (seed, epoch)."""
+    from cellnet.train import Trainer
+
+    train, val = small
+    config = replace(TINY, input_size=48, low_res_epochs=2, epochs=3, device="cpu")
+    trainer = Trainer(config, train, val, device="cpu")
+    loader = trainer.train_loader
+    sizes = []
+    for epoch in range(3):
+        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        images, _ = next(iter(loader))
+        sizes.append(images.shape[1])
+    assert sizes == [32, 32, 48]
+    assert trainer.val_loader is not None and next(iter(trainer.val_loader))[0].shape[1] == 48
+    explicit = Trainer(replace(config, low_res_size=40), train, val, device="cpu").train_loader
+    assert next(iter(explicit))[0].shape[1] == 40
+    history = fit(config, train, val, early_stopping=False).history
+    assert len(history) == 3 and all(np.isfinite(h["train_loss"]) for h in history)
+    with pytest.raises(ValueError, match="low_res_size must be >= 16"):
+        replace(config, low_res_size=8)
