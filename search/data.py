@@ -57,8 +57,10 @@ class ShiftedFold:
 def shifted_validation(
     data: CellData, folds: list[tuple[np.ndarray, np.ndarray]], names: tuple[str, ...], per_fold: int, seed: int
 ) -> list[ShiftedFold]:
-    """Per fold: up to `per_fold` validation images, class-stratified, each under one shift of `names` (every shift
-    gets a share of every class). Deterministic for `seed`; the shifts themselves are `cellnet.shifts.apply_shift`."""
+    """Per fold: `per_fold` shifted validation images, class-stratified, each under one shift of `names` (every shift
+    gets a share of every class). With fewer validation images than `per_fold`, they are used again, each time under
+    the next shift (an image never twice under the same one while there are shifts left). Deterministic for `seed`;
+    the shifts themselves are `cellnet.shifts.apply_shift`."""
     from cellnet.shifts import apply_shift  # torch, albumentations (~3 s): only searches with shifted validation
 
     out = []
@@ -66,8 +68,10 @@ def shifted_validation(
         rng = np.random.default_rng([seed, i])
         by_class = [rng.permutation(val[data.labels[val] == c]) for c in np.unique(data.labels[val])]
         order = np.array([idx[r] for r in range(max(map(len, by_class))) for idx in by_class if r < len(idx)])
-        chosen = order[: min(per_fold, len(order))]
-        shift = np.arange(len(chosen)) % len(names)
+        rounds = -(-per_fold // len(order)) if len(order) else 0  # ceil: how many times each image is shown
+        chosen = np.tile(order, rounds)[:per_fold]
+        position, size = np.arange(len(chosen)), max(len(order), 1)
+        shift = (position % size + position // size) % len(names)  # round r shows image i under shift i + r
         images = np.empty_like(data.images[chosen])
         for j, name in enumerate(names):
             images[shift == j] = apply_shift(name, data.images[chosen[shift == j]], seed)

