@@ -4,6 +4,7 @@
     cellnet.config ....... the YAML format: ExperimentConfig (a search space) and TrainConfig (one fit)
     cellnet.model ........ timm backbone + dense head; fold ensembles
     cellnet.train ........ fit(config, train, val): one model on one split
+    cellnet.precision .... fp32 or bf16 autocast (a CPU with bf16); train.precision: auto decided by a probe
     cellnet.shifts ....... the shift suite (zoom, stain, colour, blur, JPEG, ...), deterministic
     cellnet.calibrate .... temperature, conformal sets, what a user sees (uncertain); stored in the checkpoint
     cellnet.ood .......... the out-of-distribution score: Mahalanobis distance and the framing check

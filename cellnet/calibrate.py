@@ -30,7 +30,7 @@ from scipy.special import softmax as _softmax
 
 from cellnet.checks import check_coverage, check_false_alarm, check_labels, check_matrix
 from cellnet.colour import ColourStats
-from cellnet.constants import POOLED
+from cellnet.constants import FP32, POOLED, PRECISIONS
 from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.ood import (
     DEFAULT_FALSE_ALARM,
@@ -57,6 +57,7 @@ TENSOR_KEYS = ("conformal_scores", "conformal_labels")
 OOD_TENSOR_KEYS = ("ood_means", "ood_precision")
 FRAMING_TENSOR_KEY = "ood_framing_weights"  # the framing discriminator's (k, D + 1) weights and bias (decision 0013)
 FRAMING_MEANS_KEY = "ood_framing_means"  # decision 0011's zoomed-out class means: read from older checkpoints only
+LEGACY_PRECISIONS = {"float32": FP32}  # written before decision 0014, when every calibration was fitted in fp32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,8 +265,10 @@ class Calibration:
     """Temperature, conformal calibration scores and (optionally) the OOD statistics of one deployed model; `tta`
     the same for predicting with test-time augmentation (None: fitted on single views only).
 
-    Fitted on fp32 outputs of single (or 8 averaged) views, and applied to the same: `cellnet.predict.infer` never
-    runs a calibrated model in reduced precision, and the OOD score always reads the identity view's features."""
+    Fitted on the outputs of single (or 8 averaged) views computed in `precision` (fp32, or bf16 autocast on a CPU
+    with bf16: decision 0014), and applied to the same: `cellnet.predict.infer` runs a calibrated model in the
+    precision recorded here where its device has it (fp32 where not, and `cellnet predict` says so); the OOD score
+    always reads the identity view's features."""
 
     temperature: float
     coverage: float  # default for `apply`; `cellnet predict --coverage` overrides it
@@ -274,8 +277,11 @@ class Calibration:
     notes: tuple[str, ...] = ()
     tta: ViewCalibration | None = None
     colour: ColourStats | None = None  # the training cells' colour (`predict --canonicalize` matches a group to it)
+    precision: str = FP32  # what the outputs it was fitted on were computed in (cellnet.precision)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise CalibrationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for t in (self.temperature, *([self.tta.temperature] if self.tta else [])):
             if not (isinstance(t, numbers.Real) and 0 < t < math.inf):
                 raise CalibrationError(f"temperature must be a positive finite number, got {t}")
@@ -368,7 +374,7 @@ class Calibration:
             },
             "ood": ood,
             "tta": tta,
-            "precision": "float32",
+            "precision": self.precision,
             "notes": list(self.notes),
             "colour": self.colour.to_meta() if self.colour is not None else None,
         }
@@ -427,6 +433,7 @@ class Calibration:
                         f"{len(scores.scores)} TTA conformal scores, meta says {tta_meta['num_calibration']}"
                     )
                 tta = ViewCalibration(float(tta_meta["temperature"]), scores, int(tta_meta["views"]))
+            recorded = meta.get("precision", FP32)
             return cls(
                 temperature=float(meta["temperature"]),
                 coverage=float(meta["coverage"]),
@@ -435,6 +442,7 @@ class Calibration:
                 notes=tuple(str(n) for n in meta.get("notes", ())),
                 tta=tta,
                 colour=ColourStats.from_meta(meta["colour"]) if meta.get("colour") else None,  # none before round 4
+                precision=LEGACY_PRECISIONS.get(recorded, recorded),
             )
         except (KeyError, TypeError, ValueError, CellnetError) as e:
             raise CheckpointError(f"calibration in checkpoint is inconsistent: {e}") from e
@@ -499,13 +507,15 @@ def fit_calibration(
     false_alarm: float = DEFAULT_FALSE_ALARM,
     ood_holdout: float = OOD_HOLDOUT,
     seed: int = 0,
+    precision: str = FP32,
 ) -> Calibration:
     """Temperature first, conformal scores on the temperature-scaled OOF probabilities, then (with features) the
     Mahalanobis statistics on 1 - `ood_holdout` of the images and the threshold on the rest (see `ood_split`).
     `view_logits` (V, M, C: the TTA views of the images `view_labels` label, default the same N) adds the TTA
     calibration. `feature_kind` (required with `features`) says what they are: `cellnet.predict.Inference`'s.
     `framing_features` (F, N, D: the same images zoomed out by each of `framing_zooms`) add the framing check,
-    fitted against `features`."""
+    fitted against `features`. `precision`: what all of these were computed in (`Inference.precision`), recorded so
+    that predict runs the model in it."""
     coverage = check_coverage(coverage)
     if features is not None:
         check_false_alarm(false_alarm)
@@ -527,7 +537,7 @@ def fit_calibration(
             f"{coverage}: they are in every prediction set"
         )
     if features is None:
-        return Calibration(temperature, coverage, conformal, notes=tuple(notes), tta=tta)
+        return Calibration(temperature, coverage, conformal, notes=tuple(notes), tta=tta, precision=precision)
     stats, held_scores = fit_ood_held_out(features, labels, num_classes, holdout=ood_holdout, seed=seed)
     threshold = ood_threshold(held_scores, false_alarm)
     n_fit = len(check_matrix(features, "features")) - len(held_scores)
@@ -537,4 +547,4 @@ def fit_calibration(
     detector = OODDetector((stats,), (threshold,), float(false_alarm), str(feature_kind))
     if framing_features is not None:
         detector = with_framing(detector, [features], [framing_features], framing_zooms)
-    return Calibration(temperature, coverage, conformal, detector, tuple(notes), tta)
+    return Calibration(temperature, coverage, conformal, detector, tuple(notes), tta, precision=precision)

@@ -9,6 +9,7 @@ subcommands, so `cellnet --help` is instant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -306,7 +307,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cellnet.parent import check_experiment
     from cellnet.progress import progress_bar
     from cellnet.provenance import data_hash, git_sha
-    from cellnet.train import fit
+    from cellnet.train import fit, select_device
+    from cellnet.train_precision import training_precision
 
     cfg = load_config(args.config, overrides={"data": {"source": args.data, "image_size": args.image_size}})
     config = fixed_train_config(args.config, cfg, epochs=args.epochs, seed=args.seed, device=args.device)
@@ -318,8 +320,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = celldata.load(source, image_size=image_size, seed=cfg.cv.seed)
     print(f"data: {source}: {len(data)} images, {len(data.classes)} classes, {image_size}px")
+    # `precision: auto` decided here, once (on a CPU with bf16: a short probe, one line), and saved as decided
+    size = config.input_size or image_size
+    precision = training_precision(config, select_device(config.device), size, say=print)
+    config = dataclasses.replace(config, precision=precision)
     print(
-        f"model: {config.backbone} (pretrained={config.pretrained}), up to {config.epochs} epochs, seed {config.seed}"
+        f"model: {config.backbone} (pretrained={config.pretrained}, {config.precision}), up to {config.epochs} epochs, "
+        f"seed {config.seed}"
     )
     cleaned = cfg.data.clean and not args.no_clean
     if cleaned:
@@ -392,12 +399,22 @@ def _load(checkpoint: str, device: str) -> Any:
     return load_checkpoint(checkpoint, device=str(select_device(device)))
 
 
+def _note_precision(ckpt: Any, path: str) -> None:
+    """Once per command: a checkpoint calibrated in bf16 predicts in fp32 on a device without bf16 (decision 0014)."""
+    from cellnet.predict import precision_note  # torch: a subcommand's import, like the ones above
+
+    note = precision_note(ckpt, path)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     # the subcommand's modules load when it runs, so `cellnet --help` imports none of them (module docstring)
     from cellnet.files import atomic_path
     from cellnet.predict import check_canonicalizable, predict_inputs
 
     ckpt = _load(args.checkpoint, args.device)
+    _note_precision(ckpt, args.checkpoint)
     if args.canonicalize:
         check_canonicalizable(ckpt, args.checkpoint)
     if args.coverage is not None:
@@ -477,6 +494,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cellnet.predict import check_canonicalizable
 
     ckpt = _load(args.checkpoint, args.device)
+    _note_precision(ckpt, args.checkpoint)
     if args.canonicalize:
         check_canonicalizable(ckpt, args.checkpoint)
     read_size = ckpt.image_size * (READ_SCALE if args.canonicalize else 1)  # zoomed before resizing: detail kept

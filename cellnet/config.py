@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cellnet.constants import DEFAULT_FEATURES, DEFAULT_IMAGE_SIZE, FEATURE_KINDS, FRAMING_ZOOMS
+from cellnet.constants import AUTO, DEFAULT_FEATURES, DEFAULT_IMAGE_SIZE, FEATURE_KINDS, FRAMING_ZOOMS, TRAIN_PRECISIONS
 from cellnet.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "radam", "ranger")
@@ -72,6 +72,9 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
+    # auto: bf16 autocast on CUDA; on a CPU with bf16, bf16 where this backbone trains faster in it (measured once,
+    # cellnet.train_precision), else fp32; fp32 | bf16: as given (decision 0014)
+    precision: str = AUTO
 
     def __post_init__(self) -> None:
         problems = _train_problems(self)
@@ -129,6 +132,9 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(0.0 < c.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {c.val_fraction}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
     need(isinstance(c.device, str), f"device must be a string (auto, cpu, cuda, cuda:N), got {c.device!r}")
+    need(
+        c.precision in TRAIN_PRECISIONS, f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {c.precision!r}"
+    )
     return p
 
 
@@ -292,6 +298,9 @@ class ExperimentConfig:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     space: dict[str, Param] = field(default_factory=dict)
     path: str = "<config>"
+    # what `precision: auto` resolved to per backbone on this machine (search/run.py fills it before any trial runs,
+    # so every trial and the refit train in one precision); not part of the YAML
+    precisions: dict[str, str] = field(default_factory=dict)
 
     def searched(self) -> dict[str, Param]:
         """The parameters that actually vary."""
@@ -316,6 +325,9 @@ class ExperimentConfig:
         values.update(params or {})
         values.update(overrides)
         values = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+        resolved = self.precisions.get(str(values.get("backbone", TrainConfig.backbone)))
+        if values.get("precision", AUTO) == AUTO and resolved is not None:
+            values["precision"] = resolved
         try:
             return TrainConfig(**values)
         except (ValueError, TypeError) as e:

@@ -34,3 +34,9 @@ DEFAULT_FEATURES = POOLED_AND_STAGE_STATS  # what a new calibration measures whe
 # The OOD flag's framing check (decisions 0011, 0013): a discriminator of the calibration cells from their copies zoomed
 # out by these factors (full-frame PBC images show a cell ~1.8x smaller than the centre crops: 0.55; and a milder 0.7).
 FRAMING_ZOOMS: tuple[float, ...] = (0.55, 0.7)
+
+# Floating-point precisions a model runs in (`cellnet.precision`; decision 0014): fp32, or bf16 autocast where the
+# device has it. `train.precision` also takes "auto" (bf16 where it trains faster, cellnet.train_precision).
+FP32, BF16, AUTO = "fp32", "bf16", "auto"
+PRECISIONS: tuple[str, ...] = (FP32, BF16)
+TRAIN_PRECISIONS: tuple[str, ...] = (AUTO, FP32, BF16)

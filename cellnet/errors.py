@@ -28,6 +28,11 @@ class WeightsMismatchError(ConfigError):
     `pretrained: auto` on a node without the weights package)."""
 
 
+class PrecisionMismatchError(ConfigError):
+    """Models that must train in the same precision did not: a trial's folds, or the winner and its refit (e.g.
+    `precision: auto` decided on machines that answer differently)."""
+
+
 class CalibrationError(CellnetError, ValueError):
     """A calibration cannot be fitted or applied (too few images, a class without any, mismatched shapes).
 

@@ -35,13 +35,14 @@ from cellnet.canonicalize import Canonicalization
 from cellnet.checkpoint import Checkpoint, in_memory, save_checkpoint
 from cellnet.colour import colour_stats
 from cellnet.config import TrainConfig
-from cellnet.constants import FRAMING_ZOOMS
+from cellnet.constants import AUTO, FRAMING_ZOOMS
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.evaluate import labels_for
 from cellnet.model import CellNet
 from cellnet.ood import OODDetector, fit_ood_transferred, with_framing
 from cellnet.parent import load_parent
+from cellnet.precision import inference_precision
 from cellnet.predict import canonical_choice, infer
 from cellnet.progress import progress_bar
 from cellnet.shifts import zoomed_copies
@@ -130,6 +131,7 @@ def finetune(
         early_stopping_patience=0,
         seed=seed,
         device=device,
+        precision=AUTO,  # decided on this machine (once, for every fold and the final model), not the parent's
     )
     splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
     with progress_bar((k + 1) * plan.epochs, "finetune", "epoch", enabled=show_progress) as bar:
@@ -184,9 +186,11 @@ def cross_fitted_calibration(
     colour. Returns (calibration, out-of-fold accuracy)."""
     n, c = len(data), len(data.classes)
     kind = final.feature_kind
+    precision = inference_precision(next(final.parameters()).device)  # every pass below, recorded in the calibration
 
     def outputs(model: CellNet, images: np.ndarray) -> Any:
-        return infer(in_memory(model, config, data.classes, data.image_size), images, features=True, feature_kind=kind)
+        ckpt = in_memory(model, config, data.classes, data.image_size)
+        return infer(ckpt, images, features=True, feature_kind=kind, precision=precision)
 
     logits = np.empty((n, c), dtype=np.float32)
     features: np.ndarray | None = None
@@ -208,7 +212,8 @@ def cross_fitted_calibration(
     detector = OODDetector((stats,), (threshold,), FALSE_ALARM, kind, "transferred")
     zoomed = np.stack([outputs(final, z).features for z in zoomed_copies(data.images, FRAMING_ZOOMS)])
     detector = with_framing(detector, [seen], [zoomed], FRAMING_ZOOMS)
-    calibration = Calibration(temperature, coverage, conformal, detector, colour=colour_stats(data.images))
+    colour = colour_stats(data.images)
+    calibration = Calibration(temperature, coverage, conformal, detector, colour=colour, precision=precision)
     return calibration, float((logits.argmax(axis=1) == data.labels).mean())
 
 

@@ -1,8 +1,10 @@
 """Class probabilities from a checkpoint: the one inference path of predict, evaluate, export and the search.
 
 uint8 images N×S×S×3 ─ preprocess (resize to image_size / input_size, the checkpoint's mean/std)
-  ─ infer: fp32, logits and the identity view's features from one forward pass; with TTA the 8 dihedral views
-    (flips × 90° rotations: blood-cell smears have no up or left, so every one is a valid view) ─ Inference
+  ─ infer: in the checkpoint's precision (`checkpoint_precision`: the one its calibration was fitted in where the
+    device has it, else fp32; uncalibrated: bf16 on a CPU with bf16, fp32 elsewhere -- cellnet.precision), logits
+    and the identity view's features from one forward pass, as float32; with TTA the 8 dihedral views (flips × 90°
+    rotations: blood-cell smears have no up or left, so every one is a valid view) ─ Inference
   ─ predict_batch: the checkpoint's Calibration.apply (temperature, conformal sets, OOD score; the TTA
     calibration for TTA, refused when there is none) ─ Prediction (probs, sets, ood_score, uncertain())
 files / folders / npz ─ predict_inputs (decoded in a thread pool while the model runs; an unreadable image is a
@@ -31,6 +33,7 @@ from cellnet.checks import check_coverage
 from cellnet.constants import IMAGE_SUFFIXES
 from cellnet.errors import CellnetError, DataError
 from cellnet.ood import is_ood
+from cellnet.precision import FP32, autocast, inference_precision, supports
 from cellnet.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -81,15 +84,17 @@ def preprocess(
 
 @dataclass
 class Inference:
-    """Raw fp32 outputs of one pass of a checkpoint over N images: `logits` N×C of the identity view (an ensemble's:
-    its log mean softmax); with TTA `views` V×N×C, the outputs of all 8 dihedral views (view 0 = identity); and the
-    identity view's features when asked (N×D, or k×N×D for a fold ensemble's members), of `feature_kind`
-    (`cellnet.constants.FEATURE_KINDS`)."""
+    """Raw outputs (float32) of one pass of a checkpoint over N images: `logits` N×C of the identity view (an
+    ensemble's: its log mean softmax); with TTA `views` V×N×C, the outputs of all 8 dihedral views (view 0 =
+    identity); and the identity view's features when asked (N×D, or k×N×D for a fold ensemble's members), of
+    `feature_kind` (`cellnet.constants.FEATURE_KINDS`); `precision`: what the model ran in (a calibration fitted on
+    these outputs records it)."""
 
     logits: np.ndarray
     views: np.ndarray | None = None
     features: np.ndarray | None = None
     feature_kind: str | None = None
+    precision: str = FP32
 
     def all_views(self) -> np.ndarray:
         """V×N×C with TTA, else the N×C logits: what a calibration is applied to (`Calibration.apply`)."""
@@ -124,11 +129,13 @@ def infer(
     tta: bool = False,
     features: bool = False,
     feature_kind: str | None = None,
+    precision: str | None = None,
     on_batch: Callable[[int], object] | None = None,
 ) -> Inference:
     """Run `checkpoint` (model, image_size, input_size, mean, std, classes) over uint8 images N×S×S×3 on the device
-    its model is on, in fp32 (also on CUDA: what a calibration was fitted on must be what it is applied to), logits
-    and features from the same forward pass. With `tta` every image is also seen in the 7 other dihedral views.
+    its model is on, in `precision` (default `checkpoint_precision`: what a calibration was fitted in is what it is
+    applied to), logits and features from the same forward pass, as float32. With `tta` every image is also seen in
+    the 7 other dihedral views.
     The features are of `feature_kind`; default: what the checkpoint's OOD calibration measured, or, without one,
     what a new calibration of this model would (`CellNet.feature_kind`).
     `on_batch(n)` is called after each batch with its size (progress bars)."""
@@ -139,6 +146,8 @@ def infer(
     model = checkpoint.model
     model.eval()
     kind = feature_kind or checkpoint_feature_kind(checkpoint)
+    precision = precision or checkpoint_precision(checkpoint)
+    device = _model_device(model)
     n, c = len(images), len(checkpoint.classes)
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     logits = np.empty((len(views), n, c), dtype=np.float32)
@@ -150,18 +159,44 @@ def infer(
             for i, (k, flip) in enumerate(views):
                 view = _dihedral(x, k, flip)
                 if features and i == 0:
-                    out, f = model.forward_with_features(view, kind)
+                    with autocast(precision, device):
+                        out, f = model.forward_with_features(view, kind)
                     f_np = f.float().cpu().numpy()
                     if feats is None:
                         feats = np.empty((*f_np.shape[:-2], n, f_np.shape[-1]), dtype=np.float32)
                     feats[..., rows, :] = f_np
                 else:
-                    out = model(view)
+                    with autocast(precision, device):
+                        out = model(view)
                 logits[i, rows] = out.float().cpu().numpy()
             start += len(x)
             if on_batch is not None:
                 on_batch(len(x))
-    return Inference(logits[0], logits if tta else None, feats, kind if features else None)
+    return Inference(logits[0], logits if tta else None, feats, kind if features else None, precision)
+
+
+def checkpoint_precision(checkpoint: Checkpoint) -> str:
+    """The precision `infer` runs `checkpoint` in: its calibration's (recorded when it was fitted) where the model's
+    device has it, else fp32 (`precision_note` says so); uncalibrated, `cellnet.precision.inference_precision`."""
+    device = _model_device(checkpoint.model)
+    if checkpoint.calibration is None:
+        return inference_precision(device)
+    fitted = checkpoint.calibration.precision
+    return fitted if supports(fitted, device) else FP32
+
+
+def precision_note(checkpoint: Checkpoint, where: str = "this checkpoint") -> str | None:
+    """One line for `cellnet predict` / `evaluate` when `checkpoint`'s calibration was fitted in a precision its
+    device cannot run (None otherwise): it predicts in fp32, a little off what was calibrated."""
+    calibration = checkpoint.calibration
+    if calibration is None or checkpoint_precision(checkpoint) == calibration.precision:
+        return None
+    device = _model_device(checkpoint.model)
+    return (
+        f"note: {where} was calibrated on {calibration.precision} outputs, which this {device.type} cannot compute "
+        "natively: predicting in fp32 (the probabilities differ by far less than the calibration's own error, but its "
+        "sets and OOD flag were fitted on the other)"
+    )
 
 
 def checkpoint_feature_kind(checkpoint: Checkpoint) -> str:
@@ -272,7 +307,7 @@ def _adapted(
     if model is checkpoint.model:
         return plain, adaptation
     out = infer(dataclasses.replace(checkpoint, model=model), images, batch_size=batch_size, tta=tta)
-    return Inference(out.logits, out.views, plain.features, plain.feature_kind), adaptation
+    return Inference(out.logits, out.views, plain.features, plain.feature_kind, out.precision), adaptation
 
 
 def predict_images(

@@ -41,6 +41,8 @@ from cellnet.errors import ConfigError, DataError, DivergedError
 from cellnet.metrics import classification_metrics
 from cellnet.model import CellNet, build_model, model_normalisation
 from cellnet.parent import check_parent, init_from_parent, load_parent
+from cellnet.precision import BF16, autocast, inference_precision
+from cellnet.train_precision import training_precision
 
 # timm optimizer names for our menu (timm's 'lookahead_' prefix wraps any optimizer in Lookahead).
 TIMM_OPTIMIZERS: dict[str, str] = {
@@ -250,24 +252,23 @@ def predict_proba(
     input_size: int | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (N×k float32) for uint8 N×S×S×3 `images`: the exact preprocessing of validation."""
+    """Softmax probabilities (N×k float32) for uint8 N×S×S×3 `images`: the exact preprocessing of validation, in
+    `precision` (default: bf16 on CUDA, as validation there; on CPU `cellnet.precision.inference_precision`, bf16
+    where the CPU has it)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = precision or (BF16 if device.type == "cuda" else inference_precision(device))
     model.eval()
     transform = eval_transform(int(images.shape[1]), input_size)
     labels = np.zeros(len(images), dtype=np.int64)
     data = CellData(images, labels, ("?",), np.arange(len(images)).astype(str))
     out = []
     for x, _ in make_loader(data, transform, batch_size=batch_size, train=False):
-        with _autocast(device):
+        with autocast(precision, device):
             logits = model(prepare_batch(x, mean, std, device, channels_last=True))
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def _autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA (fast, no loss scaling needed); full precision on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,13 +396,15 @@ class Trainer:
         self, config: TrainConfig, train: CellData, val: CellData | None, *, device: str | None = None
     ) -> None:
         _check_data(train, val)
-        self.config = config
         self.device = select_device(device or config.device)
         self.cuda = self.device.type == "cuda"
         self.num_classes = len(train.classes)
         self.image_size = train.image_size
         self.has_val = val is not None and len(val) > 0
         self.init_note: str | None = None  # where an init_checkpoint's weights went (None: not started from one)
+        # what it trains and validates in: `precision` as given, or auto decided (cellnet.train_precision)
+        self.precision = training_precision(config, self.device, config.input_size or self.image_size)
+        self.config = config = replace(config, precision=self.precision)
 
         seed_everything(config.seed)  # the initial weights depend on the seed only
         # channels_last on every device: on CPU too it is oneDNN's fast layout (bench/bench_train.py: 1.2x for
@@ -528,7 +531,7 @@ class Trainer:
         """One optimisation step on a uint8 batch (MixUp/CutMix when set and the batch is even): (loss, correct)."""
         x = prepare_batch(images, self.mean, self.std, self.device, channels_last=True)
         y = labels.to(self.device, non_blocking=True)
-        with _autocast(self.device):
+        with autocast(self.precision, self.device):  # bf16 autocast needs no loss scaling; the loss is float32
             if self.mixup is not None and len(y) % 2 == 0:
                 x, target = self.mixup(x, y)
                 logits = self.model(x)
@@ -593,7 +596,7 @@ class Trainer:
         for images, labels in self.val_loader:
             x = prepare_batch(images, self.mean, self.std, self.device, channels_last=True)
             y = labels.to(self.device, non_blocking=True)
-            with _autocast(self.device):
+            with autocast(self.precision, self.device):
                 logits = self.model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             preds.append(logits.argmax(dim=1).cpu())
@@ -724,6 +727,6 @@ def fit(
         best_metrics=dict(trainer.best_metrics),
         mean=trainer.mean,
         std=trainer.std,
-        config=config,
+        config=trainer.config,  # its precision as trained: auto resolved
         stopped_early=stopped,
     )

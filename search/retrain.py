@@ -86,6 +86,7 @@ def retrain_run(
             cv_metrics=checkpoint_metrics(row),
             provenance=prov,
             expected_weights=_text(row.get("weights")),
+            expected_precision=_text(row.get("precision")),
         )
     finally:
         if started:
@@ -93,7 +94,7 @@ def retrain_run(
     if _finite(row.get("best_epoch")):
         win = Winner(
             trial_id, params, int(row["best_epoch"]), epochs, schedule or epochs, checkpoint_metrics(row),
-            _text(row.get("weights")),
+            _text(row.get("weights")), _text(row.get("precision")),
         )  # fmt: skip
         print(calibrate_retrained(path, cfg, run_dir, win, loaded))
     else:
@@ -127,6 +128,7 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
         int(best["retrain_schedule_epochs"]),
         checkpoint_metrics(row),
         _text(row.get("weights")),
+        _text(row.get("precision")),
     )
     loaded = load_data(cfg, for_search=False)
     check_fingerprint(run_dir, loaded.data, cfg.data.source, who="search.retrain --recalibrate")
@@ -144,7 +146,8 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
         was = before.ood if before is not None else None
         lines.append(
             f"{path} ({name}): recalibrated; OOD features {was.features if was else 'none'} -> {after.ood.features}, "
-            f"framing check {_framing(was)} -> {_framing(after.ood)}"
+            f"framing check {_framing(was)} -> {_framing(after.ood)}, precision "
+            f"{before.precision if before is not None else 'none'} -> {after.precision}"
         )
     return lines
 

@@ -14,6 +14,8 @@ Optuna are imported only once the command runs, after checking that the `search`
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -25,9 +27,9 @@ import yaml
 
 from cellnet.config import ExperimentConfig, load_config
 from cellnet.errors import CellnetError, ConfigError
-from cellnet.files import write_text
+from cellnet.files import write_json, write_text
 from search import require_search_extra, resources
-from search.paths import SEARCH_CONFIG, SPACE_AS_GIVEN, TUNE_DIR
+from search.paths import PRECISION_FILE, SEARCH_CONFIG, SPACE_AS_GIVEN, TUNE_DIR
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
@@ -212,6 +214,22 @@ def describe_weights(cfg: ExperimentConfig) -> list[str]:
     return lines
 
 
+def training_precisions(
+    cfg: ExperimentConfig, run_dir: Path, plan: resources.ResourcePlan, *, resume: bool
+) -> ExperimentConfig:
+    """`cfg` with what `precision: auto` trains each backbone in (`cellnet.train_precision`: a short probe on a CPU
+    with bf16), decided once before any trial runs and kept in PRECISION_FILE: every trial and the refit get the same
+    answer, and a resumed search continues in what it started with."""
+    path = run_dir / PRECISION_FILE
+    if resume and path.is_file():
+        return dataclasses.replace(cfg, precisions=json.loads(path.read_text()))
+    from cellnet.train_precision import resolve_precisions  # torch and timm: only once the search runs
+
+    cfg = resolve_precisions(cfg, "cuda" if plan.gpus_per_fold > 0 else "cpu", plan.threads_per_fold)
+    write_json(path, cfg.precisions)
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The search
 
@@ -255,6 +273,7 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         plan = resources.plan(cfg, resources.ray_cluster(), autoscaling=autoscaling)
         resources.storage_probe(str(run_dir))
         print("\n".join(["resource plan:", *plan.describe()]))
+        cfg = training_precisions(cfg, run_dir, plan, resume=args.resume)
         write_yaml(run_dir / SEARCH_CONFIG, cfg.to_dict())
         if not args.resume:
             write_yaml(run_dir / SPACE_AS_GIVEN, load_config(args.config).to_dict())

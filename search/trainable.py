@@ -54,7 +54,7 @@ import ray.train
 from ray.train.v2._internal import constants as train_constants
 
 from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
-from cellnet.errors import CellnetError, CheckpointError, DivergedError, WeightsMismatchError
+from cellnet.errors import CellnetError, CheckpointError, DivergedError, PrecisionMismatchError, WeightsMismatchError
 from cellnet.files import atomic_path, write_json
 from cellnet.weights import weights_identity
 from search.paths import TRAIN_DIR
@@ -130,6 +130,9 @@ def fold_metrics(
     out["weights"] = per_fold[0].get("weights") or "none"  # where the backbone's initial weights came from
     for i, m in enumerate(per_fold):  # per fold too: they must agree (`weights_disagree`)
         out[f"fold{i}_weights"] = m.get("weights") or "none"
+    if any(m.get("precision") for m in per_fold):  # what each fold trained in: they must agree (`precision_disagree`)
+        out["precision"] = per_fold[0].get("precision")
+        out.update({f"fold{i}_precision": m.get("precision") for i, m in enumerate(per_fold)})
     out["diverged"] = 0
     out["training_iteration"] = out["epoch"]  # Tune keeps a reported value: epochs survive restarts
     return out
@@ -210,6 +213,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
                 mine["shift_eval_s"] = time.perf_counter() - t0
             mine["cpu_time_s"] = time.process_time() - cpu0  # all threads: training, validation, shifted scoring
             mine["weights"] = trainer.core.weights_source
+            mine["precision"] = trainer.precision
         except DivergedError as e:
             mine, error = None, str(e)
         gathered: list[Any] = [None] * world
@@ -217,10 +221,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
         errors = [f"fold {i}: {e}" for i, (_, e, _, _) in enumerate(gathered) if e]
         kind = "diverged"
         if not errors:
-            errors, kind = (
-                weights_disagree([g[0].get("weights") for g in gathered], [g[2] for g in gathered]),
-                "weights",
-            )
+            errors, kind = folds_disagree([g[0] for g in gathered], [g[2] for g in gathered])
         if errors:  # every rank sees the same list and stops here; no report, so no Train retry either
             if rank == 0:
                 Path(loop["trial_dir"]).mkdir(parents=True, exist_ok=True)
@@ -265,6 +266,24 @@ class BestFiles:
             return None
         stale, self.previous, self.newest = self.previous, self.newest, path
         return stale if stale not in (self.newest, self.previous) else None
+
+
+def folds_disagree(per_fold: list[dict[str, Any]], nodes: list[str]) -> tuple[list[str], str]:
+    """(lines, failure kind): one line when the folds started from different weights ("weights"), else one when
+    they trained in different precisions ("precision"); no lines when they agree."""
+    weights = weights_disagree([m.get("weights") for m in per_fold], nodes)
+    if weights:
+        return weights, "weights"
+    return precision_disagree([m.get("precision") for m in per_fold], nodes), "precision"
+
+
+def precision_disagree(precisions: list[str | None], nodes: list[str]) -> list[str]:
+    """[] when every fold trained in one precision, else one line naming each fold's: a trial's folds are one
+    experiment, and `precision: auto` decided per fold (a node whose CPU has bf16 and one without) would not be."""
+    if len(set(precisions)) <= 1:
+        return []
+    each = "; ".join(f"fold {i} on node {n[:12]}: {p}" for i, (p, n) in enumerate(zip(precisions, nodes)))
+    return [f"the folds trained in different precisions ({each}); set train.precision: fp32 or bf16 for every fold"]
 
 
 def weights_disagree(sources: list[str | None], nodes: list[str]) -> list[str]:
@@ -347,14 +366,16 @@ def read_fold_state(path: Path) -> dict[str, Any]:
 
 
 def failure(trial_dir: Path) -> CellnetError | None:
-    """Why the trial's workers stopped themselves (diverged, or folds on different weights), as the error to raise;
-    None when they did not."""
+    """Why the trial's workers stopped themselves (diverged, or folds on different weights or precisions), as the
+    error to raise; None when they did not."""
     path = trial_dir / DIVERGED_FILE
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
     if info.get("kind") == "weights":
         return WeightsMismatchError("; ".join(info["errors"]))
+    if info.get("kind") == "precision":
+        return PrecisionMismatchError("; ".join(info["errors"]))
     return DivergedError(f"diverged at epoch {info['epoch']}: " + "; ".join(info["errors"]))
 
 

@@ -3,7 +3,8 @@
 finish(cfg, run_dir, grid, loaded, data_ref, started)
   ├─ trials.csv, summary.json, plots, leaderboard (search/results.py) ─ the winner (trial id, params, best epoch)
   └─ deploy ─┬─ its fold models ─ out-of-fold predictions ─ oof.npz (search/oof.py)
-             │     └─ calibration, fitted once on them (cellnet/calibrate.py): temperature (NLL) and conformal
+             │     └─ calibration, fitted once on them (cellnet/calibrate.py), every pass in one precision (bf16
+             │        on a CPU with bf16, recorded: decision 0014): temperature (NLL) and conformal
              │        scores from the OOF logits -- the same for both deployments; OOD statistics (cellnet/ood.py)
              │        per deployed model: an ensemble member's from its own validation fold (unseen, 80% fit / 20%
              │        threshold); a refit's from its training images, its threshold transferred from the fold
@@ -35,6 +36,7 @@ from cellnet.errors import CalibrationError, CellnetError, CheckpointError
 from cellnet.evaluate import evaluate, plot_robustness_card, robustness_card
 from cellnet.model import CellNet, FoldEnsemble, model_normalisation
 from cellnet.ood import OODDetector, fit_ood_held_out, fit_ood_transferred, ood_threshold, with_framing
+from cellnet.precision import inference_precision
 from cellnet.predict import infer
 from cellnet.shifts import zoomed_copies
 from search.data import SearchData
@@ -221,6 +223,9 @@ def fold_outputs(
             config, trial_folds_dir(run_dir, win.trial_id), cfg.cv.folds, win.best_epoch, len(data.classes)
         )
         kind = members[0].supported_features(cfg.calibration.ood_features)
+        # the one precision of every calibration pass (the fold models and the refit are on the CPU here), recorded in
+        # the calibration: what predict runs the deployed model in
+        precision = inference_precision("cpu")
         oof = out_of_fold(
             members,
             config,
@@ -230,6 +235,7 @@ def fold_outputs(
             feature_kind=kind,
             tta=cfg.calibration.tta,
             seed=cfg.cv.seed,
+            precision=precision,
         )
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
         calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
@@ -246,7 +252,7 @@ def fold_outputs(
         return None
     print(
         f"out-of-fold predictions of {win.trial_id} (epoch {win.best_epoch}): accuracy {oof.accuracy():.4f} "
-        f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f}"
+        f"-> {run_dir / OOF_FILE}; temperature {calibration.temperature:.3f} ({oof.precision})"
     )
     return WinnerFolds(config, members, oof, calibration)
 
@@ -260,6 +266,7 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
         view_logits=oof.views,
         view_labels=oof.view_labels,
         coverage=cfg.calibration.coverage,
+        precision=oof.precision,
     )
     if oof.features is None:
         return cal
@@ -302,7 +309,7 @@ def fit_ensemble_framing(
     if oof.features is None:
         raise CalibrationError("the framing check needs the out-of-fold features of the fold models")
     framing = [
-        zoomed_features(model, config, data, data.images[val], detector.features, zooms)
+        zoomed_features(model, config, data, data.images[val], detector.features, zooms, precision=oof.precision)
         for model, (_, val) in zip(members, folds, strict=True)
     ]
     return with_framing(detector, [oof.features[val] for _, val in folds], framing, zooms)
@@ -322,20 +329,25 @@ def fit_refit_ood(
     """OOD statistics of a model trained on all of `data` (no unseen image left): fitted on its own features of the
     data; threshold = its seen images' median score x the fold models' (unseen threshold / seen median), every score
     from statistics that did not see the image (`cellnet.ood.fit_ood_transferred`). With `framing_zooms`, the
-    framing check's discriminator from its features of the data as they are and zoomed out (decision 0013)."""
+    framing check's discriminator from its features of the data as they are and zoomed out (decision 0013). Every
+    pass in `oof`'s precision, the one the calibration records."""
     if oof.features is None:
         raise ValueError("the refit's OOD threshold needs the out-of-fold features of the fold models")
-    kind = str(oof.feature_kind)
-    seen = model_features(refit, config, data, data.images, kind)
+    kind, precision = str(oof.feature_kind), oof.precision
+    seen = model_features(refit, config, data, data.images, kind, precision=precision)
     per_fold = [
-        (model_features(model, config, data, data.images[train], kind), data.labels[train], oof.features[val])
+        (
+            model_features(model, config, data, data.images[train], kind, precision=precision),
+            data.labels[train],
+            oof.features[val],
+        )
         for model, (train, val) in zip(members, folds, strict=True)
     ]
     stats, threshold = fit_ood_transferred(seen, data.labels, len(data.classes), per_fold, false_alarm, seed=seed)
     detector = OODDetector((stats,), (threshold,), false_alarm, kind, "transferred")
     if not framing_zooms:
         return detector
-    zoomed = zoomed_features(refit, config, data, data.images, kind, framing_zooms)
+    zoomed = zoomed_features(refit, config, data, data.images, kind, framing_zooms, precision=precision)
     return with_framing(detector, [seen], [zoomed], framing_zooms)
 
 
@@ -346,17 +358,29 @@ def zoomed_features(
     images: np.ndarray,
     kind: str,
     zooms: tuple[float, ...],
+    *,
+    precision: str | None = None,
 ) -> np.ndarray:
     """(F, N, D) `model`'s features of `images` zoomed out by each factor: what the framing check's
     discriminator is fitted on (one zoom at a time, so only one copy of the images is held)."""
-    return np.stack([model_features(model, config, data, zoomed_copies(images, (z,))[0], kind) for z in zooms])
+    return np.stack(
+        [model_features(model, config, data, zoomed_copies(images, (z,))[0], kind, precision=precision) for z in zooms]
+    )
 
 
 def model_features(
-    model: CellNet | FoldEnsemble, config: TrainConfig, data: CellData, images: np.ndarray, kind: str
+    model: CellNet | FoldEnsemble,
+    config: TrainConfig,
+    data: CellData,
+    images: np.ndarray,
+    kind: str,
+    *,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """`model`'s OOD features (of `kind`) for `images`: what the refit's statistics and threshold are fitted on."""
-    features = infer(as_checkpoint(model, config, data), images, features=True, feature_kind=kind).features
+    """`model`'s OOD features (of `kind`) for `images`, computed in `precision` (default: `cellnet.predict.infer`'s
+    for its device): what the refit's statistics and threshold are fitted on."""
+    ckpt = as_checkpoint(model, config, data)
+    features = infer(ckpt, images, features=True, feature_kind=kind, precision=precision).features
     if features is None:
         raise ValueError("inference returned no features")
     return features
@@ -424,6 +448,7 @@ def refit_winner(
         provenance=provenance,
         storage_path=run_dir / "retrain",
         expected_weights=win.weights,
+        expected_precision=win.precision,
     )
     if winner is not None:
         calibrate_refit(path, cfg, loaded, winner, win)

@@ -25,6 +25,18 @@ def cellnet_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[CACHE_ENV] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_only() -> Iterator[None]:
+    """Every test runs in fp32 on whatever CPU runs it ($CELLNET_BF16=0, `cellnet.precision`): the same numbers on
+    a CPU with bf16 and one without, and no training-precision probe. Set before Ray starts (autouse), so every Ray
+    worker inherits it; tests/test_precision.py turns bf16 on where it tests it."""
+    from cellnet.precision import BF16_ENV
+
+    with pytest.MonkeyPatch.context() as patch:  # restored when the session ends
+        patch.setenv(BF16_ENV, "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """A local 2-CPU Ray cluster for the whole session (default ray.init: dashboard/State API on, token auth on)."""
