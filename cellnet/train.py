@@ -472,7 +472,11 @@ class Trainer:
         if val is None or not self.has_val:
             return train_loader, None
         plain = eval_transform(self.image_size, c.input_size)
-        return train_loader, make_loader(val, plain, batch_size=c.batch_size * EVAL_BATCH_MULT, train=False, **kw)
+        early_val = (eval_transform(self.image_size, c.low_res_size or self.image_size), c.low_res_epochs)
+        val_loader = make_loader(
+            val, plain, batch_size=c.batch_size * EVAL_BATCH_MULT, train=False, early=early_val if early else None, **kw
+        )
+        return train_loader, val_loader
 
     # -- one epoch ----------------------------------------------------------------------------------------------
 
@@ -586,9 +590,21 @@ class Trainer:
             )
         pending.clear()
 
+    @property
+    def input_size_now(self) -> int | None:
+        """The input size of the last epoch trained (validated and scored at it too): `low_res_size` (default the
+        images' own size) during the first `low_res_epochs` epochs, else `input_size`. A model trained at 64 px and
+        scored at 96 px reads worse than either (measured on real cells: 0.47 vs 0.82 robust accuracy after 2 epochs),
+        so a rung during the low-res epochs compares trials at the size they trained at."""
+        c = self.config
+        if c.low_res_epochs and 0 < self.epoch <= c.low_res_epochs:
+            return c.low_res_size or self.image_size
+        return c.input_size
+
     @torch.inference_mode()
     def _validate(self) -> dict[str, float]:
         assert self.val_loader is not None
+        self.val_loader.batch_sampler.set_epoch(self.epoch)  # type: ignore[union-attr]  # early epochs: low res
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         preds, trues = [], []

@@ -205,7 +205,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
                     shifted.images,
                     mean=trainer.mean,
                     std=trainer.std,
-                    input_size=config.input_size,
+                    input_size=trainer.input_size_now,  # the size this epoch trained at (progressive resizing)
                     batch_size=config.batch_size * 2,
                     device=trainer.device,
                 )

@@ -243,7 +243,16 @@ def test_progressive_resizing_trains_the_first_epochs_smaller(small: tuple[CellD
         images, _ = next(iter(loader))
         sizes.append(images.shape[1])
     assert sizes == [32, 32, 48]
-    assert trainer.val_loader is not None and next(iter(trainer.val_loader))[0].shape[1] == 48
+    assert trainer.val_loader is not None
+    for epoch, size in ((0, 32), (1, 32), (2, 48)):  # validated at the size the epoch trained at
+        trainer.val_loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        assert next(iter(trainer.val_loader))[0].shape[1] == size
+    assert trainer.input_size_now == 48  # nothing trained yet: the full size
+    trainer.train_epoch()
+    assert trainer.input_size_now == 32  # the rung after a low-res epoch is scored at low res
+    trainer.train_epoch()
+    trainer.train_epoch()
+    assert trainer.input_size_now == 48
     explicit = Trainer(replace(config, low_res_size=40), train, val, device="cpu").train_loader
     assert next(iter(explicit))[0].shape[1] == 40
     history = fit(config, train, val, early_stopping=False).history
