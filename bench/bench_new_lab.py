@@ -49,14 +49,17 @@ def lab_cells(lab: str, size: int) -> Any:
     return load(str(OTHER_LABS / lab), image_size=size)
 
 
-def figures(ckpt: Any, images: np.ndarray, labels: np.ndarray, way: str, seconds_plain: float | None) -> dict:
-    """One way of predicting one group: what a user gets."""
+def figures(
+    ckpt: Any, images: np.ndarray, labels: np.ndarray, way: str, seconds_plain: float | None, canonical: Any = None
+) -> dict:
+    """One way of predicting one group: what a user gets. `canonical`: a Canonicalization to apply (a finetune's)."""
     from sklearn.metrics import balanced_accuracy_score
 
     from cellnet.predict import predict_batch
 
     start = time.perf_counter()
-    out = predict_batch(ckpt, images, canonicalize="canonicalize" in way, adapt="adapt" in way and len(images) >= 64)
+    canonicalize = canonical if canonical is not None else (way.startswith("canonicalize"))
+    out = predict_batch(ckpt, images, canonicalize=canonicalize, adapt="adapt" in way and len(images) >= 64)
     seconds = time.perf_counter() - start
     right = out.probs.argmax(axis=1) == labels
     answered = ~out.uncertain()
@@ -121,21 +124,31 @@ def labelled_split(labels: np.ndarray, per_class: int, min_cells: int, seed: int
 
 
 def finetune_rows(
-    parent: Path, cells: Any, labels: np.ndarray, per_class: int, min_cells: int, seeds: list[int], name: str
+    parent: Path,
+    cells: Any,
+    labels: np.ndarray,
+    per_class: int,
+    min_cells: int,
+    seeds: list[int],
+    name: str,
+    **how: Any,
 ) -> list[dict]:
-    """`cellnet finetune` on `per_class` labelled cells per class (classes with >= `min_cells`), scored on the rest."""
+    """`cellnet finetune` on `per_class` labelled cells per class (classes with >= `min_cells`), scored on the rest.
+    `how`: finetune's keyword arguments (lr, steps_per_cell, canonicalize: `cells` then at 2x the model's size)."""
     from cellnet.checkpoint import load_checkpoint
     from cellnet.data.dataset import CellData
     from cellnet.finetune import finetune
 
     rows = []
+    label = f"finetune {per_class}" + "".join(f" {k}={v}" for k, v in how.items())
     for seed in seeds:
         pick, rest = labelled_split(labels, per_class, min_cells, seed)
         classes = load_checkpoint(parent).classes
         labelled = CellData(cells.images[pick], labels[pick], classes, cells.ids[pick])
         with tempfile.TemporaryDirectory() as tmp:
-            result = finetune(parent, labelled, Path(tmp) / "ft", seed=seed, show_progress=False, source=name)
-            row = figures(load_checkpoint(result.path), cells.images[rest], labels[rest], f"finetune {per_class}", None)
+            result = finetune(parent, labelled, Path(tmp) / "ft", seed=seed, show_progress=False, source=name, **how)
+            ckpt = load_checkpoint(result.path)
+            row = figures(ckpt, cells.images[rest], labels[rest], label, None, canonical=result.canonicalization)
         row |= {"group": name, "seed": seed, "finetune_seconds": result.seconds, "labelled": int(len(pick))}
         show(row)
         print(f"    finetune {result.seconds:.0f} s on {len(pick)} cells", flush=True)
@@ -202,13 +215,21 @@ def calibrated_design_model(recipe: str, seed: int, epochs: int, size: int) -> t
     zoomed = np.stack([infer(ckpt, c, features=True, feature_kind=DEFAULT_FEATURES).features for c in copies])
     calibration = fit_calibration(
         out.logits, val.labels[cal], len(train.classes), out.features, feature_kind=DEFAULT_FEATURES,
-        framing_features=zoomed, framing_zooms=FRAMING_ZOOMS,
+        framing_features=zoomed, framing_zooms=FRAMING_ZOOMS, precision=out.precision,
     )  # fmt: skip
     calibration = dataclasses.replace(calibration, colour=colour_stats(train.images))
     return dataclasses.replace(ckpt, calibration=calibration), val, scored, train.images
 
 
-def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool) -> list[dict]:
+FT_SWEEP = [
+    {"lr": lr, "steps_per_cell": steps, "canonicalize": canon}
+    for lr in (1e-3, 3e-4)
+    for steps in (2, 4)
+    for canon in (False, True)
+]
+
+
+def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool, sweep: bool) -> list[dict]:
     from bench.real_data import design_split
     from cellnet.checkpoint import save_checkpoint
     from cellnet.shifts import apply_shift
@@ -237,7 +258,11 @@ def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool
                     Path(tmp) / "parent", ckpt.model, config=ckpt.config, classes=ckpt.classes,
                     image_size=ckpt.image_size, mean=ckpt.mean, std=ckpt.std, metrics={}, calibration=ckpt.calibration,
                 )  # fmt: skip
-                rows += finetune_rows(parent, lab, y, 5, 12, [seed], DESIGN_LAB)
+                if not sweep:
+                    rows += finetune_rows(parent, lab, y, 5, 12, [seed], DESIGN_LAB)
+                for how in FT_SWEEP if sweep else []:
+                    cells = lab2 if how["canonicalize"] else lab
+                    rows += finetune_rows(parent, cells, y, 5, 12, [seed, seed + 100], DESIGN_LAB, **how)
     return rows
 
 
@@ -271,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--no-finetune", action="store_true")
+    parser.add_argument("--ft-sweep", action="store_true", help="--design: finetune's lr x steps x canonicalize")
     args = parser.parse_args(argv)
     if skip(args, "bench_new_lab", quick="~15 min per model", real_cells=True):
         return 0
     if args.design:
-        rows = design(args.recipe, args.seeds, args.epochs, args.size, not args.no_finetune)
+        rows = design(args.recipe, args.seeds, args.epochs, args.size, not args.no_finetune, args.ft_sweep)
     elif args.runs is None:
         parser.error("--runs DIR (bench_deployed's runs) or --design")
     else:

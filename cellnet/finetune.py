@@ -65,12 +65,12 @@ class Schedule:
     steps: int
 
 
-def schedule(n: int) -> Schedule:
-    """STEPS_PER_CELL steps per cell within [MIN_STEPS, MAX_STEPS], at batches of BATCH (fewer cells: one batch
+def schedule(n: int, steps_per_cell: float = STEPS_PER_CELL) -> Schedule:
+    """`steps_per_cell` steps per cell within [MIN_STEPS, MAX_STEPS], at batches of BATCH (fewer cells: one batch
     of all but one, so no batch is a single cell)."""
     batch = min(BATCH, max(2, n - 1))
     per_epoch = max(1, n // batch)
-    steps = min(MAX_STEPS, max(MIN_STEPS, STEPS_PER_CELL * n))
+    steps = min(MAX_STEPS, max(MIN_STEPS, round(steps_per_cell * n)))
     return Schedule(math.ceil(steps / per_epoch), batch, steps)
 
 
@@ -98,10 +98,13 @@ def finetune(
     device: str = "cpu",
     source: str = "labelled cells",
     show_progress: bool | None = None,
+    lr: float = LR,
+    steps_per_cell: float = STEPS_PER_CELL,
 ) -> Finetuned:
     """Fine-tune the single-model checkpoint at `checkpoint` on `cells` (labelled by name with some of its classes)
     and write a calibrated checkpoint to `out_dir` (the module doc says how). `canonicalize`: `cells` are one group
-    read at READ_SCALE x the checkpoint's image size, canonicalized first."""
+    read at READ_SCALE x the checkpoint's image size, canonicalized first. `lr`, `steps_per_cell`: the schedule
+    (their defaults were chosen on the development lab, bench/bench_new_lab.py --design)."""
     started = time.perf_counter()
     parent = load_parent(checkpoint, where="--checkpoint")
     labels = labels_for(cells, parent.classes, source)
@@ -119,13 +122,13 @@ def finetune(
             f"{source}: finetune needs at least 2 classes with at least 2 cells each, got "
             f"{ {parent.classes[c]: int(counts[c]) for c in present} }"
         )
-    plan = schedule(len(data))
+    plan = schedule(len(data), steps_per_cell)
     config = replace(
         parent.config,
         init_checkpoint=str(Path(checkpoint).resolve()),
         epochs=plan.epochs,
         batch_size=plan.batch,
-        lr=LR,
+        lr=lr,
         warmup_epochs=0,
         freeze_epochs=0,
         early_stopping_patience=0,
