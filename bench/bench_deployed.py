@@ -59,6 +59,23 @@ def trust(ckpt: Any, data: Any, *, tta: bool = False) -> dict[str, Any]:
     }
 
 
+def search_stats(run_dir: Path) -> dict[str, Any]:
+    """What the search did with its budget: trials started, scored at their first rung (ASHA's grace period),
+    completed; the budget gate's decision (summary.json's `budget`, None before round 4)."""
+    import pandas as pd
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    grace, max_epochs = summary["search"]["grace_period"], summary["search"]["max_epochs"]
+    epochs = pd.to_numeric(pd.read_csv(run_dir / "trials.csv")["epochs"], errors="coerce").fillna(0)
+    return {
+        "trials_started": int(len(epochs)),
+        "scored_at_first_rung": int((epochs >= grace).sum()),
+        "completed": int((epochs >= max_epochs).sum()),
+        "search_s": summary.get("wall_time_s"),
+        "budget": summary.get("budget"),
+    }
+
+
 def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalibrate: bool = False) -> dict[str, Any]:
     from bench.bench_robustness import scores
     from bench.real_data import report_split
@@ -100,6 +117,7 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalib
         "recalibrate_s": wall if recalibrate else None,
         "winner": {k: summary["best"].get(k) for k in ("trial_id", "params", "best_epoch", "weights")},
         "trials": summary["trials"],
+        "search": search_stats(run_dir),
         "predict_s": t1 - t0,
         "predict_adapt_s": t2 - t1,
         "clean": trust(ckpt, test),
@@ -127,6 +145,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     clean, tta, other, rob, ada = ("clean",), ("clean_tta",), ("other",), ("robustness",), ("robustness_adapt",)
     spec: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
         ("wall time of the search (s)", ("wall_s",), None),
+        (
+            "trials started / scored at their first rung",
+            ("search", "trials_started"),
+            ("search", "scored_at_first_rung"),
+        ),
+        ("trials completed / search phase (s)", ("search", "completed"), ("search", "search_s")),
         ("wall time of search.retrain --recalibrate (s)", ("recalibrate_s",), None),
         ("clean accuracy / with TTA", (*clean, "accuracy"), (*tta, "accuracy")),
         ("coverage at 0.95 / lowest class (n>=30)", (*clean, "coverage"), (*clean, "min_class_coverage_n30")),
@@ -164,8 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         help="search nothing: calibrate the runs already in --out/LABEL again (search.retrain --recalibrate) and "
         "score their trust figures (the flag changes; accuracy under the suites does not: not scored again)",
     )
+    parser.add_argument(
+        "--search-stats",
+        action="store_true",
+        help="search nothing, score nothing: what the searches already in --out/LABEL did with their budget",
+    )
     args = parser.parse_args(argv)
     if skip(args, "bench_deployed", quick="~15 min per seed", real_cells=True):
+        return 0
+    if args.search_stats:
+        for seed in args.seeds:
+            print(json.dumps({"seed": seed, **search_stats(args.out / args.label / f"seed{seed}" / "search")}))
         return 0
     rows = [
         one_seed(args.space.resolve(), s, args.framing, args.out / args.label / f"seed{s}", args.size, args.recalibrate)
