@@ -132,6 +132,7 @@ def finetune(
         warmup_epochs=0,
         freeze_epochs=0,
         early_stopping_patience=0,
+        low_res_epochs=0,  # a search's cheap early epochs: not for a few cells
         seed=seed,
         device=device,
         precision=AUTO,  # decided on this machine (once, for every fold and the final model), not the parent's
