@@ -130,13 +130,7 @@ def retrain(
     if not ray.is_initialized():
         ray.init()
     out_dir = Path(out_dir).resolve()
-    # at full size throughout: progressive resizing makes the search's early epochs cheap where ASHA decides; the
-    # deployed model trains as well as it can (on real cells the low-res start cost 0.5-0.9 points after 6 epochs)
-    config = cfg.train_config(params, epochs=schedule_epochs, low_res_epochs=0)
-    if expected_precision is not None:
-        if config.precision == AUTO:  # as the winner's folds did, not decided again on this machine
-            config = dataclasses.replace(config, precision=expected_precision)
-        check_same_precision(config.precision, expected_precision)  # before training, when the config says
+    config = refit_config(cfg, params, schedule_epochs, expected_precision)
     scaling = retrain_scaling(
         ray_cluster().nodes,
         use_gpu=use_gpu,
@@ -193,6 +187,20 @@ def retrain(
         refit.save(out_dir)
     shutil.rmtree(storage / name, ignore_errors=True)  # Ray's copy; the checkpoint now lives in out_dir
     return out_dir
+
+
+def refit_config(
+    cfg: ExperimentConfig, params: dict[str, Any], schedule_epochs: int, expected_precision: str | None
+) -> TrainConfig:
+    """What the refit trains: the trial's config over `schedule_epochs`, at full size throughout (progressive
+    resizing makes the search's early epochs cheap where ASHA decides; the deployed model trains as well as it can:
+    on real cells the low-res start cost 0.5-0.9 points after 6 epochs), in the winner's folds' precision."""
+    config = cfg.train_config(params, epochs=schedule_epochs, low_res_epochs=0)
+    if expected_precision is not None:
+        if config.precision == AUTO:  # as the winner's folds did, not decided again on this machine
+            config = dataclasses.replace(config, precision=expected_precision)
+        check_same_precision(config.precision, expected_precision)  # before training, when the config says
+    return config
 
 
 def check_same_start(refit: str, winner: str) -> None:
