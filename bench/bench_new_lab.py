@@ -9,7 +9,8 @@ tecom):
              (temperature, sets, OOD with the framing check, the training cells' colour). Groups: the other half of
              the validation cells centre-cropped, full-frame, restained (suite's stain_macenko, color_planckian),
              full-frame and restained; and cellavision (the development lab). Finetune on cellavision: 5 labelled
-             cells per class of the classes with >= 12 cells, scored on the rest.
+             cells per class of the classes with >= 12 cells, scored on the rest (`--ft-sweep`: 10 a class, its
+             learning rate x steps per cell x canonicalize-first grid, two label draws each).
   (default)  for reports. The deployed models of bench_deployed runs (`--runs DIR`: DIR/seed<S>/search/best, each
              searched on the whole design part) on the report part centre-cropped and full-frame, and on tecom (the
              report lab); finetune on tecom's classes with >= 20 cells, 5 and 10 labelled per class, 5 seeds each,
@@ -260,9 +261,9 @@ def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool
                 )  # fmt: skip
                 if not sweep:
                     rows += finetune_rows(parent, lab, y, 5, 12, [seed], DESIGN_LAB)
-                for how in FT_SWEEP if sweep else []:
+                for how in FT_SWEEP if sweep else []:  # ten a class: --canonicalize chooses on >= 32 cells
                     cells = lab2 if how["canonicalize"] else lab
-                    rows += finetune_rows(parent, cells, y, 5, 12, [seed, seed + 100], DESIGN_LAB, **how)
+                    rows += finetune_rows(parent, cells, y, 10, 12, [seed, seed + 100], DESIGN_LAB, **how)
     return rows
 
 
