@@ -29,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import bench_parser, dump_json, skip
+from cellnet.precision import BF16_ENV
 
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "resnet18")
 PRECISIONS = ("fp32", "bf16")
@@ -117,6 +119,49 @@ def calibration_figures(ckpt: Any, val: Any, precision: str, seed: int = 0) -> d
     }
 
 
+def deployed_figures(run: Path, workdir: Path) -> dict[str, dict[str, float]]:
+    """A search's deployed refit calibrated twice by `search.retrain --recalibrate` on copies of `run` -- once with
+    bf16 turned off (fp32) and once in bf16 -- each scored in its own precision on the report part (~750 cells of
+    bench/real_data.py no choice saw): the calibration as it is deployed (out-of-fold, ~1,800 cells), not a half of
+    a validation split."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bench.real_data import report_split
+    from cellnet.checkpoint import load_checkpoint
+    from cellnet.evaluate import expected_calibration_error
+    from cellnet.metrics import coverage_report
+    from cellnet.predict import predict_batch
+
+    _, report = report_split(64, "crop200")
+    out = {}
+    for precision, flag in (("fp32", "0"), ("bf16", "1")):
+        copy = workdir / f"{run.name}-{precision}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tune", "tensorboard", "retrain"))
+        env = {**os.environ, BF16_ENV: flag}
+        subprocess.check_call([sys.executable, "-m", "search.retrain", str(copy), "--recalibrate"], env=env)
+        os.environ[BF16_ENV] = flag
+        try:
+            ckpt = load_checkpoint(copy / "best")
+            pred = predict_batch(ckpt, report.images)
+        finally:
+            os.environ.pop(BF16_ENV, None)
+        assert pred.calibrated is not None and pred.calibrated.ood is not None
+        right = pred.probs.argmax(axis=1) == report.labels
+        out[precision] = {
+            "accuracy": float(right.mean()),
+            "coverage": float(coverage_report(pred.calibrated.sets, report.labels, report.classes)["coverage"]),
+            "ece": expected_calibration_error(pred.probs.max(axis=1), right)["ece"],
+            "ood_flagged": float(pred.calibrated.ood.mean()),
+            "temperature": ckpt.calibration.temperature if ckpt.calibration else float("nan"),
+            "scored": int(len(report)),
+        }
+    return out
+
+
 def training_speed(backbone: str, batch: int, steps: int, rounds: int) -> dict[str, float]:
     """Median training images/s of `backbone` at 96 px, `batch` images a step, THREADS threads, per precision."""
     from cellnet.config import TrainConfig
@@ -126,17 +171,41 @@ def training_speed(backbone: str, batch: int, steps: int, rounds: int) -> dict[s
     return {p: statistics.median(v) for p, v in per_s.items()}
 
 
+def print_differences(figures: dict[str, dict[str, float]]) -> None:
+    for key in ("accuracy", "coverage", "ece", "ood_flagged", "temperature"):
+        a, b = figures["fp32"][key], figures["bf16"][key]
+        target = f"  (target: within {TARGETS[key]})" if key in TARGETS else ""
+        print(f"  {key:<12} fp32 {a:.4f}  bf16 {b:.4f}  bf16 - fp32 {b - a:+.4f}{target}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, quick_help="synthetic cells, 1 epoch, fewer repeats (a few minutes)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of lite0_ra on the real cells")
     parser.add_argument("--repeats", type=int, default=5, help="timed predict passes and training rounds each way")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        help="only the deployed calibration: these search runs (e.g. bench_deployed's seed<S>/search) recalibrated in "
+        "fp32 and in bf16 on copies, scored on the report part",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("runs") / "bench-precision")
     args = parser.parse_args(argv)
-    from cellnet.precision import BF16_ENV, cpu_has_bf16
+    from cellnet.precision import cpu_has_bf16  # torch: once the arguments are read
 
     if not cpu_has_bf16():
         print(f"bench_precision: skipped, this CPU has no bf16 instructions (or ${BF16_ENV}=0): bf16 would be emulated")
         return 0
     if not args.quick and skip(args, "bench_precision", real_cells=True):
+        return 0
+    if args.runs:
+        rows = {}
+        for run in args.runs:
+            rows[str(run)] = figures = deployed_figures(run.resolve(), args.workdir.resolve())
+            n = figures["fp32"]["scored"]
+            print(f"\n# {run}: deployed refit recalibrated each way, scored on the report part ({n} cells)")
+            print_differences(figures)
+        dump_json(args.json, rows)
         return 0
     repeats = 2 if args.quick else args.repeats
     ckpt, train, val = model_and_cells(args.quick, args.epochs)
@@ -151,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {p: calibration_figures(ckpt, val, p) for p in PRECISIONS}
     scored = figures["fp32"]["scored"]
     print(f"calibration fitted on {len(val) - scored} of {len(val)} validation cells, applied to the other {scored}:")
-    for key in ("accuracy", "coverage", "ece", "ood_flagged", "temperature"):
-        a, b = figures["fp32"][key], figures["bf16"][key]
-        target = f"  (target: within {TARGETS[key]})" if key in TARGETS else ""
-        print(f"  {key:<12} fp32 {a:.4f}  bf16 {b:.4f}  bf16 - fp32 {b - a:+.4f}{target}")
+    print_differences(figures)
     training, batch = {}, 16 if args.quick else 64
     for backbone in BACKBONES:
         training[backbone] = training_speed(backbone, batch, 1 if args.quick else 3, repeats)
