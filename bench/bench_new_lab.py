@@ -80,6 +80,10 @@ def figures(
         row["coverage"] = float(covered.mean())
         row["coverage_answered"] = float(covered[answered].mean()) if answered.any() else None
         row["ood_flagged"] = float(out.calibrated.ood.mean()) if out.calibrated.ood is not None else None
+        ood = ckpt.calibration.ood if ckpt.calibration is not None else None
+        if ood is not None and ood.framing_zooms and out.inference.features is not None:  # which part flags
+            row["framing_fires"] = float((ood.framing_margin(out.inference.features) > 0).mean())
+        row["set_of_one"] = float((out.calibrated.sets.sum(axis=1) == 1).mean())
     if out.canonicalization is not None:
         row["zoom"], row["colour_matched"] = out.canonicalization.zoom, out.canonicalization.colour_matched
     return row
@@ -106,7 +110,8 @@ def show(row: dict[str, Any]) -> None:
     print(
         f"{row.get('seed', '')!s:>3} {row['group']:<22} {row['way']:<20} acc {f('accuracy')} "
         f"bal {f('balanced_accuracy')} answered {f('answered')} ({row['answers']}) right {f('answers_right')} "
-        f"coverage {f('coverage')} OOD {f('ood_flagged')} {row['seconds']:.1f}s x{f('time_ratio')}{chosen}",
+        f"coverage {f('coverage')} OOD {f('ood_flagged')} (framing {f('framing_fires')}) sets of one "
+        f"{f('set_of_one')} {row['seconds']:.1f}s x{f('time_ratio')}{chosen}",
         flush=True,
     )
 
