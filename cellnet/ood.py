@@ -161,7 +161,7 @@ def held_out_margins(both: np.ndarray, zoomed: np.ndarray, n: int, folds: int = 
     out = np.empty(n)
     order = np.random.default_rng(0).permutation(n)
     for k in range(min(folds, n)):
-        held = np.isin(cell, order[k::min(folds, n)])
+        held = np.isin(cell, order[k :: min(folds, n)])
         w, b = _discriminator(both[~held], zoomed[~held])
         rows = np.flatnonzero(held[:n])
         out[rows] = both[rows] @ w + b

@@ -407,7 +407,8 @@ def test_a_calibration_that_cannot_be_fitted_is_a_warning_for_a_refit_and_an_err
     from search.winner import fold_outputs
 
     copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tune", "tensorboard", "report"))
+    # without oof.npz: these folds are not those the search scored (check_oof_folds would refuse them first)
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tune", "tensorboard", "report", "oof.npz"))
     cfg = load_config(copy / "search_config.yaml")
     loaded = load_data(cfg, for_search=False)
     (train0, val0), (train1, val1) = loaded.folds
