@@ -76,7 +76,9 @@ def search_stats(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalibrate: bool = False) -> dict[str, Any]:
+def one_seed(
+    space: Path, seed: int, framing: str, out: Path, size: int, recalibrate: bool = False, score_only: bool = False
+) -> dict[str, Any]:
     from bench.bench_robustness import scores
     from bench.real_data import report_split
     from cellnet.checkpoint import load_checkpoint
@@ -87,7 +89,11 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalib
     _, other = report_split(size, OTHER[framing])
     assert list(other.ids) == list(test.ids)
     run_dir = out / "search"
-    if recalibrate:  # the run searched before: its deployed model, calibrated again by this cellnet
+    if score_only:  # the run searched before (its wall time is in its search.log's timestamps, not measured here)
+        if not (run_dir / "best").is_dir():
+            raise SystemExit(f"error: --score-only needs the searched run {run_dir}; run without it first")
+        cmd, log_name = [], ""
+    elif recalibrate:  # the run searched before: its deployed model, calibrated again by this cellnet
         if not (run_dir / "best").is_dir():
             raise SystemExit(f"error: --recalibrate needs the searched run {run_dir}; run without it first")
         cmd, log_name = [sys.executable, "-m", "search.retrain", str(run_dir), "--recalibrate"], "recalibrate.log"
@@ -97,9 +103,11 @@ def one_seed(space: Path, seed: int, framing: str, out: Path, size: int, recalib
         cmd = [sys.executable, "-m", "search.run", str(space), "--data", str(train_npz), "--storage", str(run_dir)]
         cmd, log_name = cmd + ["--seed", str(seed)], "search.log"
     start = time.perf_counter()
-    with open(out / log_name, "w") as log:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
+    rc = 0
+    if cmd:
+        with open(out / log_name, "w") as log:
+            rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    wall = None if score_only else time.perf_counter() - start
     if rc:
         raise SystemExit(f"error: {' '.join(cmd)} failed (exit {rc}); see {out / log_name}")
     ckpt = load_checkpoint(run_dir / "best")
@@ -189,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         "score their trust figures (the flag changes; accuracy under the suites does not: not scored again)",
     )
     parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="search nothing: score the runs already in --out/LABEL (e.g. a run whose scoring was interrupted)",
+    )
+    parser.add_argument(
         "--search-stats",
         action="store_true",
         help="search nothing, score nothing: what the searches already in --out/LABEL did with their budget",
@@ -201,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"seed": seed, **search_stats(args.out / args.label / f"seed{seed}" / "search")}))
         return 0
     rows = [
-        one_seed(args.space.resolve(), s, args.framing, args.out / args.label / f"seed{s}", args.size, args.recalibrate)
+        one_seed(
+            args.space.resolve(),
+            s,
+            args.framing,
+            args.out / args.label / f"seed{s}",
+            args.size,
+            args.recalibrate,
+            args.score_only,
+        )
         for s in args.seeds
     ]
     print(
