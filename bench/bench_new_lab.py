@@ -246,6 +246,7 @@ def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool
         ckpt, val, scored, _ = calibrated_design_model(recipe, seed, epochs, size)
         big = {f: design_split(2 * size, seed=seed, framing=f)[1] for f in ("crop200", "full")}
         small_full = design_split(size, seed=seed, framing="full")[1]
+        assert list(val.ids) == list(small_full.ids) == list(big["crop200"].ids) == list(big["full"].ids)
         labels = val.labels[scored]
         groups = {
             "crop200": (val.images[scored], big["crop200"].images[scored]),

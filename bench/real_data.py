@@ -3,7 +3,7 @@
     load_pbc(size, framing)   "full": the whole JPEG resized (what `cellnet`'s folder SOURCE does; the cell is ~1/5
                               of the frame) | "crop200": the centre 200x200 px, then resized (the MedMNIST framing;
                               the cell ~1.8x larger). Same ids in both framings, so a split applies to both.
-    cleaned(size, framing)    the cells `cellnet.data.clean` keeps (computed once, on the full framing) with their
+    cleaned(size, framing)    the cells `cellnet.data.clean` keeps (once, on the full framing at 64 px) with their
                               near-duplicate groups
     report_part(ids, groups)  THE RULE: a near-duplicate group belongs to the report part when the sha256 of its
                               first id (sorted) falls in the lowest REPORT_FRACTION (30%) of the hash range. Fixed
@@ -55,6 +55,7 @@ OTHER_LABS = REPO.parent / "shared" / "data" / "other-labs"
 FRAMINGS = ("full", "crop200")
 CROP = 200
 REPORT_FRACTION = 0.3
+CLEAN_SIZE = 64  # the size the cells are cleaned (and grouped) at, whatever size they are read at
 
 
 def report_part(ids: np.ndarray, groups: np.ndarray | None = None, fraction: float = REPORT_FRACTION) -> np.ndarray:
@@ -102,11 +103,13 @@ def load_pbc(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -
 
 
 @functools.lru_cache(maxsize=2)
-def cleaned_ids(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[np.ndarray, np.ndarray]:
-    """(ids kept by cellnet.data.clean on the full framing, their duplicate groups): one cleaning for both framings."""
+def cleaned_ids(root: Path = DEFAULT_DATA) -> tuple[np.ndarray, np.ndarray]:
+    """(ids kept by cellnet.data.clean on the full framing at CLEAN_SIZE, their duplicate groups): one cleaning for
+    every framing and size -- cleaned at each size, the kept cells and the groups (hence the report part) would
+    differ between the 64 px a model reads and the 128 px --canonicalize reads."""
     from cellnet.data import clean
 
-    kept, _ = clean(load_pbc(size, "full", root))
+    kept, _ = clean(load_pbc(CLEAN_SIZE, "full", root))
     assert kept.groups is not None
     return kept.ids, kept.groups
 
@@ -114,7 +117,7 @@ def cleaned_ids(size: int = 64, root: Path = DEFAULT_DATA) -> tuple[np.ndarray, 
 def cleaned(size: int = 64, framing: str = "full", root: Path = DEFAULT_DATA) -> CellData:
     """The cleaned cells in `framing`, with their near-duplicate groups (ids in load order)."""
     data = load_pbc(size, framing, root)
-    ids, groups = cleaned_ids(size, root)
+    ids, groups = cleaned_ids(root)
     data = data.subset(np.flatnonzero(np.isin(data.ids, ids)))
     order = {i: k for k, i in enumerate(ids)}
     return replace(data, groups=groups[[order[i] for i in data.ids]])
