@@ -89,13 +89,12 @@ def one_seed(
     _, other = report_split(size, OTHER[framing])
     assert list(other.ids) == list(test.ids)
     run_dir = out / "search"
-    if score_only:  # the run searched before (its wall time is in its search.log's timestamps, not measured here)
-        if not (run_dir / "best").is_dir():
-            raise SystemExit(f"error: --score-only needs the searched run {run_dir}; run without it first")
+    if (score_only or recalibrate) and not (run_dir / "best").is_dir():
+        flag = "--score-only" if score_only else "--recalibrate"
+        raise SystemExit(f"error: {flag} needs the searched run {run_dir}; run without it first")
+    if score_only:  # the run searched before (its wall time is not measured here)
         cmd, log_name = [], ""
     elif recalibrate:  # the run searched before: its deployed model, calibrated again by this cellnet
-        if not (run_dir / "best").is_dir():
-            raise SystemExit(f"error: --recalibrate needs the searched run {run_dir}; run without it first")
         cmd, log_name = [sys.executable, "-m", "search.retrain", str(run_dir), "--recalibrate"], "recalibrate.log"
     else:
         out.mkdir(parents=True, exist_ok=True)
