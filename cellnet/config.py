@@ -215,6 +215,7 @@ class SearchSpec:
     time_budget_s: float | None = None
     checkpoint_every: int | None = None  # also every N epochs; None = only at ASHA rungs and the last epoch
     startup_trials: int | None = None  # TPE's random start-up; None = a third of num_samples, 3 to 10
+    first_rung_trials: int = 0  # ASHA: no trial goes past the first rung before this many reached it (0: async)
     shift_suite: tuple[str, ...] | None = None  # shifts scored in every fold (cellnet.shifts); None = DEFAULT_SUITE
     shift_images: int = 512  # validation images per fold scored under shift, one shift each; 0 = no shift metrics
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
@@ -574,6 +575,15 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             s.startup_trials is None or (isinstance(s.startup_trials, int) and s.startup_trials >= 0),
             f"search.startup_trials must be an int >= 0 or null, got {s.startup_trials!r}",
+        ),
+        (
+            isinstance(s.first_rung_trials, int) and s.first_rung_trials >= 0,
+            f"search.first_rung_trials must be an int >= 0, got {s.first_rung_trials!r}",
+        ),
+        (
+            not s.first_rung_trials or s.scheduler == "asha",
+            f"search.first_rung_trials holds trials at ASHA's first rung: it needs search.scheduler: asha, got "
+            f"{s.scheduler!r}",
         ),
         (
             s.checkpoint_every is None or (isinstance(s.checkpoint_every, int) and s.checkpoint_every >= 1),

@@ -480,13 +480,18 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------------------------------
 
-    def train_epoch(self) -> dict[str, float]:
-        """Train one epoch, validate, update the best-so-far; returns the epoch's metrics (CONTRACTS keys)."""
+    def train_epoch(self, *, validate: bool = True) -> dict[str, float]:
+        """Train one epoch, validate, update the best-so-far; returns the epoch's metrics (CONTRACTS keys).
+        `validate=False` (the search, between the epochs it scores) skips the validation pass: no val_* keys, and
+        the epoch cannot become the best one (under ReduceLROnPlateau it must validate: the schedule reads it)."""
+        if not validate and self.config.schedule == "plateau":
+            raise ValueError("the plateau schedule steps on each epoch's validation loss: validate=False is refused")
         t0 = time.perf_counter()
         loss, accuracy, seen, lr = self._train_batches()
         train_time = time.perf_counter() - t0
         metrics: dict[str, float] = {"epoch": float(self.epoch + 1), "train_loss": loss, "train_accuracy": accuracy}
-        if self.val_loader is not None:
+        validated = validate and self.val_loader is not None
+        if validated:
             metrics.update(self._validate())
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(metrics.get("val_loss", metrics["train_loss"]))
@@ -496,7 +501,8 @@ class Trainer:
 
         self.epoch += 1
         self.history.append(metrics)
-        self.best.update(self.epoch, metrics, self.core, has_val=self.has_val)
+        if validated or not self.has_val:
+            self.best.update(self.epoch, metrics, self.core, has_val=self.has_val)
         return metrics
 
     def _train_batches(self) -> tuple[float, float, int, float]:

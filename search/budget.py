@@ -8,6 +8,8 @@
                                     (time_total_s at epoch `grace_period`); before any reached it, the slowest first
                                     epoch x grace_period (its start-up counted again: on the safe side); before any
                                     report, nothing is known and the trial starts (the first trial always does)
+                           while trials are held at a synchronous first rung (search/first_rung.py), needed also
+                           counts the time the kept one takes from its rung to its last epoch (`to_finish`)
                            needed > left: no new trial (the searcher says FINISHED: Tune runs the trials already
                            started to their end or the deadline, and the search ends early), said in one line and
                            in run_dir/budget.json (summary.json's `budget`)
@@ -20,9 +22,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cellnet.files import write_json
+
+if TYPE_CHECKING:
+    from search.first_rung import RungHold
 
 BUDGET_FILE = "budget.json"
 
@@ -38,6 +43,11 @@ class RungGate:
     to_rung: dict[str, float] = field(default_factory=dict)  # trial -> seconds from its start to its first rung
     first_epoch: dict[str, float] = field(default_factory=dict)  # trial -> seconds from its start to epoch 1
     closed: dict[str, Any] | None = None
+    hold: RungHold | None = None  # trials held at a synchronous first rung
+    max_epochs: int = 0
+    low_res_epochs: int = 0
+    pixel_ratio: float = 1.0  # full-size pixels / low-resolution pixels (progressive resizing)
+    epoch_s: dict[tuple[str, int], float] = field(default_factory=dict)  # (trial, epoch) -> seconds of that epoch
 
     def observe(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record a trial's report (Tune's `time_total_s` counts from the trial's own start)."""
@@ -46,6 +56,8 @@ class RungGate:
             return
         if epoch == 1:
             self.first_epoch.setdefault(trial_id, float(seconds))
+        if result.get("time_this_iter_s") is not None:
+            self.epoch_s.setdefault((trial_id, epoch), float(result["time_this_iter_s"]))
         if epoch == self.grace_period:
             self.to_rung.setdefault(trial_id, float(seconds))
 
@@ -57,6 +69,20 @@ class RungGate:
             return max(self.first_epoch.values()) * self.grace_period
         return None
 
+    def to_finish(self) -> float:
+        """Seconds a trial held at its first rung needs to reach its last epoch: a restart (the first epoch's extra
+        over the next) and the epochs left, each as slow as the slowest full-size epoch measured (before any: the
+        slowest epoch after the first, scaled by the pixels when it was a low-resolution one). 0 when unknown."""
+        left = self.max_epochs - self.grace_period
+        later = {(t, e): s for (t, e), s in self.epoch_s.items() if e > 1}
+        if left <= 0 or not later:
+            return 0.0
+        full = [s for (_, e), s in later.items() if e > self.low_res_epochs]
+        per_epoch = max(full) if full else max(later.values()) * self.pixel_ratio
+        early = [s for (_, e), s in later.items() if e <= self.low_res_epochs] or list(later.values())
+        restart = max(0.0, max(self.first_epoch.values(), default=0.0) - min(early))
+        return restart + left * per_epoch
+
     def allows(self, trials_started: int) -> bool:
         """True when a new trial may start; on the first False the decision is printed and written."""
         if self.closed is not None:
@@ -67,6 +93,9 @@ class RungGate:
         needed = self.needed()
         if self.budget_s is None or needed is None:
             return True
+        hold = self.__dict__.get("hold")  # (a state saved before the hold)
+        finish = self.to_finish() if hold is not None and hold.waiting else 0.0
+        needed += finish
         left = self.budget_s - (now - self.started)
         if needed <= left:
             return True
@@ -77,9 +106,13 @@ class RungGate:
             "first_rung_epoch": self.grace_period,
             "trials_started": trials_started,
         }
+        if finish:
+            self.closed["held_to_finish_s"] = round(finish, 1)  # kept for the best held trial to finish
+        also = f" and ~{finish:.0f} s for the best held one to finish" if finish else ""
         print(
-            f"search: {max(left, 0):.0f} s of the budget left, a new trial needs ~{needed:.0f} s to reach its first "
-            f"rung (epoch {self.grace_period}): no new trial after {trials_started}; the rest goes to the deployment",
+            f"search: {max(left, 0):.0f} s of the budget left, a new trial needs ~{needed - finish:.0f} s to reach its "
+            f"first rung (epoch {self.grace_period}){also}: no new trial after {trials_started}; the rest goes to the "
+            "deployment",
             flush=True,
         )
         if self.path is not None:

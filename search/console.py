@@ -61,6 +61,7 @@ class ConsoleReporter(Callback):
         self._started: dict[str, float] = {}
         self._best_epoch: dict[str, tuple[int, float]] = {}  # trial -> (epoch, value) of its best epoch so far
         self._last: dict[str, dict[str, Any]] = {}
+        self._spent: dict[str, dict[int, float]] = {}  # trial -> epoch -> its seconds
         self._best: tuple[str, float] | None = None
 
     # -- Tune hooks ---------------------------------------------------------------------------------------------
@@ -89,7 +90,11 @@ class ConsoleReporter(Callback):
             self.started(trial_id, {})
         epoch = int(result.get("epoch") or result.get("training_iteration") or 0)
         value = result.get(self.metric)
-        self._last[trial_id] = {"epoch": epoch, "value": value, "time": result.get("time_total_s")}
+        spent = self._spent.setdefault(trial_id, {})  # each epoch's own seconds: Tune's total restarts with the trial
+        if result.get("time_this_iter_s") is not None:
+            spent.setdefault(epoch, float(result["time_this_iter_s"]))
+        took = sum(spent.values()) if spent else result.get("time_total_s")
+        self._last[trial_id] = {"epoch": epoch, "value": value, "time": took}
         if isinstance(value, int | float) and math.isfinite(value):
             best = self._best_epoch.get(trial_id)
             if best is None or (value > best[1] if self.mode == "max" else value < best[1]):

@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from cellnet.config import SHIFT_METRICS, ExperimentConfig
 from search.budget import RungGate
+from search.first_rung import RungHold
 from search.space import check_points, define_by_run, sampler
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,34 @@ class PrunedOptunaSearch(OptunaSearch):
     """OptunaSearch that tells PRUNED for early-stopped trials and FAIL for diverged ones (see module doc)."""
 
     def __init__(
-        self, *args: Any, max_epochs: int, tell_pruned: bool = True, gate: RungGate | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        max_epochs: int,
+        tell_pruned: bool = True,
+        gate: RungGate | None = None,
+        hold: RungHold | None = None,
+        max_live: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs = int(max_epochs)
         self.tell_pruned = tell_pruned
         self.gate = gate  # no trial that cannot reach its first rung in the time left (search/budget.py)
+        # with a synchronous first rung (search/first_rung.py) the searcher limits concurrency itself: a trial held
+        # at the rung is paused and must not count (Tune's ConcurrencyLimiter would count it)
+        self.hold, self.max_live = hold, max_live
         self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: metric} reported to Optuna
 
+    def live_trials(self) -> int:
+        """Trials started and not ended, less those held at the first rung."""
+        hold = self.__dict__.get("hold")
+        held = hold.held if hold is not None else set()
+        return sum(1 for t in self._ot_trials if t not in self._completed_trials and t not in held)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        max_live = self.__dict__.get("max_live")
+        if max_live is not None and self.live_trials() >= max_live:
+            return None  # a trial slot frees later: asked again then (the gate too, so it judges at the start)
         gate = self.__dict__.get("gate")  # (a state saved before the gate)
         if gate is not None and not gate.allows(len(self._ot_trials)):
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray types suggest() without its FINISHED
@@ -124,11 +144,17 @@ class PrunedOptunaSearch(OptunaSearch):
 
 
 def make_searcher(
-    cfg: ExperimentConfig, *, tell_pruned: bool = True, budget_file: Path | None = None
+    cfg: ExperimentConfig,
+    *,
+    tell_pruned: bool = True,
+    budget_file: Path | None = None,
+    hold: RungHold | None = None,
+    max_live: int | None = None,
 ) -> PrunedOptunaSearch:
     """The searcher for `cfg`: define-by-run space, seeded TPE or random sampler, points_to_evaluate enqueued; with a
     time budget and a scheduler with rungs, the rung gate (search/budget.py; its decision written to
-    `budget_file`)."""
+    `budget_file`); with a synchronous first rung, the `hold` it shares with the scheduler and the concurrency limit
+    `max_live` it keeps itself."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" / per-trial INFO lines
     return PrunedOptunaSearch(
         space=define_by_run(cfg),
@@ -138,7 +164,25 @@ def make_searcher(
         points_to_evaluate=check_points(cfg) or None,
         max_epochs=cfg.search.max_epochs,
         tell_pruned=tell_pruned,
-        gate=RungGate(cfg.search.time_budget_s, first_rung(cfg), budget_file) if cfg.search.time_budget_s else None,
+        gate=gate_for(cfg, budget_file, hold) if cfg.search.time_budget_s else None,
+        hold=hold,
+        max_live=max_live,
+    )
+
+
+def gate_for(cfg: ExperimentConfig, budget_file: Path | None, hold: RungHold | None) -> RungGate:
+    """The rung gate of `cfg`'s budget; with a hold, what it needs to know to keep a held trial's time to finish."""
+    t = cfg.train_config({}, epochs=cfg.search.max_epochs)  # the space's fixed training settings
+    full = t.input_size or cfg.data.image_size
+    low_res = min(t.low_res_size or cfg.data.image_size, full) if t.low_res_epochs else full
+    return RungGate(
+        cfg.search.time_budget_s,
+        first_rung(cfg),
+        budget_file,
+        hold=hold,
+        max_epochs=cfg.search.max_epochs,
+        low_res_epochs=t.low_res_epochs,
+        pixel_ratio=(full / low_res) ** 2,
     )
 
 

@@ -11,3 +11,4 @@ OOF_FILE = "oof.npz"  # the winner's out-of-fold predictions
 DATA_FILE = "data.json"  # the search data's fingerprint, written when the search starts (--resume, retrain check it)
 PRECISION_FILE = "precision.json"  # what `precision: auto` trains each backbone in, decided when the search starts
 TRAIN_DIR = "train"  # Ray Train's runs, one per trial: checkpoints and the trial's fold models
+FIRST_RUNG_FILE = "first_rung.json"  # the synchronous first rung's decision (search/first_rung.py)

@@ -30,6 +30,7 @@ from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
 from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
 from search.budget import BUDGET_FILE
+from search.paths import FIRST_RUNG_FILE
 from search.plots import plot_search
 from search.trial_row import missing, params_of
 
@@ -233,7 +234,10 @@ def trials_table(
         row["epochs"] = len(h)
         row["best_epoch"] = int(best["epoch"]) if best is not None else None
         row["fold_epochs"] = len(h) * (len(folds) or cfg.cv.folds)
-        row["time_total_s"] = _num(last, "time_total_s")
+        # each epoch's own seconds: Tune's time_total_s starts again when a paused or resumed trial restarts
+        row["time_total_s"] = (
+            float(h["time_this_iter_s"].sum()) if "time_this_iter_s" in h else _num(last, "time_total_s")
+        )
         row["end_time"] = _num(last, "timestamp")
         row["node_ids"] = None if best is None or "node_ids" not in best else best["node_ids"]
         row["weights"] = None if best is None or "weights" not in best else best["weights"]
@@ -529,6 +533,11 @@ def write_outputs(
     summary["budget"] = {
         "time_budget_s": cfg.search.time_budget_s,
         "new_trials_stopped": json.loads(budget.read_text()) if budget.is_file() else None,
+    }
+    held = run_dir / FIRST_RUNG_FILE  # the synchronous first rung's decision (search/first_rung.py)
+    summary["first_rung"] = {
+        "trials_wanted": cfg.search.first_rung_trials,
+        "decision": json.loads(held.read_text()) if held.is_file() else None,
     }
     write_json(run_dir / "summary.json", summary)
     best = summary["best"]

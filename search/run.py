@@ -280,7 +280,7 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds), "shifted": ray.put(loaded.shifted)}
         print(
             f"search: {cfg.search.num_samples} trials x up to {cfg.search.max_epochs} epochs x {cfg.cv.folds} folds on "
-            f"{len(loaded.data)} images; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+            f"{len(loaded.data)} images{held_line(cfg)}; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
             flush=True,
         )
         tuner = tuner_for(
@@ -299,6 +299,12 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         if owns_ray:
             disconnect(previous_env)
     return 0
+
+
+def held_line(cfg: ExperimentConfig) -> str:
+    """What the search line says of a synchronous first rung (search/first_rung.py), if there is one."""
+    k = cfg.search.first_rung_trials
+    return f" (no trial past epoch {cfg.search.grace_period} before {k} reached it)" if k > 1 else ""
 
 
 def main(argv: Sequence[str] | None = None, *, tell_pruned: bool = True, stopper: Any = None) -> int:

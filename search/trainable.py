@@ -28,7 +28,13 @@ scores its shifted validation subset (search/data.py `shifted_validation`: `sear
 each under one shift of the suite, made once per search), giving cv_shifted_accuracy (mean over shifts of the
 fold-mean accuracy), cv_worst_shift_accuracy (the lowest shift) and cv_robust_accuracy = (cv_accuracy +
 cv_shifted_accuracy) / 2; any of them can be search.metric. Epochs in between repeat the last scored figures and say
-so (`shift_scored`, `shift_epoch`: `carry_shift_figures`), and only a scored epoch can be a trial's best.
+so (`shift_scored`, `shift_epoch`: `carry_shift_figures`), and only a scored epoch can be a trial's best. When the
+search metric is one of these, the clean validation pass runs at the scored epochs only as well (a quarter of a CPU
+epoch; the plateau schedule excepted): between them the val_* figures repeat the last validated epoch's, NaN before
+the first, with `val_scored` 0 (`carry_validation`).
+
+Synchronous first rung (search/first_rung.py): a trial paused at its first rung is stopped by Tune and restarted
+later from that rung's checkpoint like any restarted worker group.
 
 Divergence (NaN loss) is deterministic, so it must not be retried: the workers catch DivergedError, stop together,
 rank 0 records the reason in `<run_dir>/train/<trial_id>/diverged.json`, and the trial driver raises DivergedError
@@ -74,6 +80,7 @@ _CV = {
     "cv_train_loss": "train_loss",
     "cv_train_accuracy": "train_accuracy",
 }
+VAL_KEYS = tuple(v for v in _CV.values() if v.startswith("val_"))  # what fold_metrics reads of a validation pass
 
 
 def rung_epochs(cfg: ExperimentConfig) -> list[int]:
@@ -133,6 +140,7 @@ def fold_metrics(
     if any(m.get("precision") for m in per_fold):  # what each fold trained in: they must agree (`precision_disagree`)
         out["precision"] = per_fold[0].get("precision")
         out.update({f"fold{i}_precision": m.get("precision") for i, m in enumerate(per_fold)})
+    out["val_scored"] = int(min(m.get("val_scored", 1) for m in per_fold))  # 0: val_* repeat an earlier epoch's
     out["diverged"] = 0
     out["training_iteration"] = out["epoch"]  # Tune keeps a reported value: epochs survive restarts
     return out
@@ -158,7 +166,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
     import torch.distributed as dist
     from ray.train.torch import get_device
 
-    from cellnet.train import Trainer, predict_proba
+    from cellnet.train import Trainer
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -175,6 +183,7 @@ def fold_worker(loop: dict[str, Any]) -> None:
     best: float | None = None  # the lock-step best value of the search metric so far
     best_files = BestFiles()
     carried: dict[str, float] = {}  # the last scored epoch's shift figures, reported again until the next one
+    validated: dict[str, float] = {}  # the last validated epoch's val_* figures, the same way
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -183,10 +192,14 @@ def fold_worker(loop: dict[str, Any]) -> None:
         trainer.load_state_dict(state)
         best = state.get("lockstep_best")
         carried.update(state.get("shift_carried") or {})
+        validated.update(state.get("val_carried") or {})
 
     node = ray.get_runtime_context().get_node_id()
     max_epochs, every, rungs = loop["max_epochs"], loop["checkpoint_every"], set(loop["rungs"])
     scored_epochs = rungs | {max_epochs}  # the shift suite runs where ASHA decides and at the end, not more
+    # ranked by a shift metric, a trial is judged at scored epochs only: the clean validation pass runs there too
+    # (a quarter of a CPU epoch), except under the plateau schedule, which steps on every epoch's validation loss
+    validate_only_scored = metric in SHIFT_METRICS and config.schedule != "plateau"
     startup: tuple[float, float] | None = None  # (trial start -> worker entered, trial start -> first batch)
     measure_startup = checkpoint is None  # a restarted group's "start-up" would include the epochs before the loss
     while trainer.epoch < max_epochs:
@@ -197,20 +210,11 @@ def fold_worker(loop: dict[str, Any]) -> None:
         cpu0 = time.process_time()  # CPU seconds of this process (all its threads) in the epoch
         mine: dict[str, Any] | None
         try:
-            mine, error = dict(trainer.train_epoch()), None
+            validate = not validate_only_scored or trainer.epoch + 1 in scored_epochs
+            mine, error = dict(trainer.train_epoch(validate=validate)), None
+            validated = carry_validation(mine, validated, scored=validate)
             if shifted is not None and trainer.epoch in scored_epochs:
-                t0 = time.perf_counter()
-                probs = predict_proba(
-                    trainer.core,
-                    shifted.images,
-                    mean=trainer.mean,
-                    std=trainer.std,
-                    input_size=trainer.input_size_now,  # the size this epoch trained at (progressive resizing)
-                    batch_size=config.batch_size * 2,
-                    device=trainer.device,
-                )
-                mine["shift_accuracy"] = shifted.accuracy_per_shift(probs.argmax(axis=1))
-                mine["shift_eval_s"] = time.perf_counter() - t0
+                mine.update(score_shifted(trainer, shifted))
             mine["cpu_time_s"] = time.process_time() - cpu0  # all threads: training, validation, shifted scoring
             mine["weights"] = trainer.core.weights_source
             mine["precision"] = trainer.precision
@@ -243,12 +247,33 @@ def fold_worker(loop: dict[str, Any]) -> None:
         if (every and epoch % every == 0) or epoch in rungs or epoch == max_epochs:
             with tempfile.TemporaryDirectory() as tmp:
                 state = {**trainer.state_dict(), "lockstep_best": best, "shift_carried": carried}
+                state["val_carried"] = validated
                 torch.save(state, Path(tmp) / f"fold_{rank}.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
         if stale is not None:
             stale.unlink(missing_ok=True)
+
+
+def score_shifted(trainer: Any, shifted: Any) -> dict[str, Any]:
+    """The fold's shifted validation subset scored by the model as it stands: per-shift accuracy, and its seconds."""
+    from cellnet.train import predict_proba  # in the fold worker's process only (torch), as in fold_worker
+
+    t0 = time.perf_counter()
+    probs = predict_proba(
+        trainer.core,
+        shifted.images,
+        mean=trainer.mean,
+        std=trainer.std,
+        input_size=trainer.input_size_now,  # the size this epoch trained at (progressive resizing)
+        batch_size=trainer.config.batch_size * 2,
+        device=trainer.device,
+    )
+    return {
+        "shift_accuracy": shifted.accuracy_per_shift(probs.argmax(axis=1)),
+        "shift_eval_s": time.perf_counter() - t0,
+    }
 
 
 @dataclass
@@ -316,6 +341,16 @@ def carry_shift_figures(metrics: dict[str, Any], carried: dict[str, float], name
     metrics["shift_scored"] = 0
     metrics.update({k: carried.get(k, float("nan")) for k in (*keys, "shift_epoch")})
     return carried
+
+
+def carry_validation(mine: dict[str, Any], validated: dict[str, float], *, scored: bool) -> dict[str, float]:
+    """A fold's val_* figures: this epoch's when it validated (`val_scored` 1), else the last validated epoch's
+    (NaN before any) with `val_scored` 0. Returns the figures to carry on."""
+    mine["val_scored"] = int(scored)
+    if scored:
+        return {k: float(v) for k, v in mine.items() if k.startswith("val_") and k != "val_scored"}
+    mine.update(validated or dict.fromkeys(VAL_KEYS, float("nan")))
+    return validated
 
 
 def counts_as_best(metrics: dict[str, Any], metric: str) -> bool:

@@ -22,7 +22,7 @@ from cellnet.config import ExperimentConfig
 from cellnet.errors import ConfigError
 from search import resources
 from search.budget import BUDGET_FILE
-from search.paths import TUNE_DIR
+from search.paths import FIRST_RUNG_FILE, TUNE_DIR
 
 
 def connect(address: str | None, debug: bool) -> bool:
@@ -48,10 +48,21 @@ def disconnect(previous_env: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def scheduler(cfg: ExperimentConfig) -> Any:
+def scheduler(cfg: ExperimentConfig, hold: Any = None) -> Any:
+    """Tune's scheduler for `cfg`; with a `hold` (search.first_rung_trials), ASHA with a synchronous first rung."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler  # Tune: as in tuner_for
 
+    from search.first_rung import FirstRungASHA  # Tune, as above
+
     s = cfg.search
+    if s.scheduler == "asha" and hold is not None:
+        return FirstRungASHA(
+            hold=hold,
+            time_attr="training_iteration",
+            max_t=s.max_epochs,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
     if s.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
@@ -128,7 +139,11 @@ def tuner_for(
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # Tune, as above
 
+    from search.first_rung import RungHold  # Tune, as above
+
     s = cfg.search
+    # a synchronous first rung pauses trials: the searcher then limits concurrency itself, not counting them
+    hold = RungHold(s.first_rung_trials, run_dir / FIRST_RUNG_FILE) if s.first_rung_trials > 1 else None
     callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from
     callbacks += [TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)]
     if not verbose:
@@ -139,9 +154,15 @@ def tuner_for(
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             num_samples=cfg.search.num_samples,
-            search_alg=make_searcher(cfg, tell_pruned=tell_pruned, budget_file=run_dir / BUDGET_FILE),
-            scheduler=scheduler(cfg),
-            max_concurrent_trials=plan.max_concurrent,
+            search_alg=make_searcher(
+                cfg,
+                tell_pruned=tell_pruned,
+                budget_file=run_dir / BUDGET_FILE,
+                hold=hold,
+                max_live=plan.max_concurrent if hold is not None else None,
+            ),
+            scheduler=scheduler(cfg, hold),
+            max_concurrent_trials=plan.max_concurrent if hold is None else None,
             time_budget_s=cfg.search.time_budget_s,
             reuse_actors=False,  # a stopped trial's driver takes its worker group down with it
             trial_name_creator=lambda t: t.trial_id,

@@ -38,6 +38,7 @@ SPACE: dict[str, Any] = {
         "scheduler": "asha",
         "seed": 0,
         "checkpoint_every": 1,
+        "first_rung_trials": 2,  # GOOD waits at epoch 1 for POOR, then restarts from its checkpoint
         "points_to_evaluate": [GOOD, POOR],
     },
     "resources": {"cpus_per_fold": 1},
@@ -184,6 +185,27 @@ def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(run: Path) -> None:
     assert states.count(TrialState.COMPLETE) == (trials["status"] == "completed").sum()
     poor = next(t for t in optuna_trials(run) if t.params.get("lr") == POOR["lr"])
     assert poor.state == TrialState.PRUNED and poor.intermediate_values  # told with its per-epoch values
+
+
+def test_the_first_trial_waited_at_the_first_rung_and_restarted_from_it(run: Path) -> None:
+    """search.first_rung_trials: 2 -- the first two trials reached epoch 1 before either went past it; the best went
+    on from its rung checkpoint (no epoch trained or reported twice), the other was stopped there."""
+    decision = json.loads((run / "first_rung.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["first_rung"] == {"trials_wanted": 2, "decision": decision}
+    assert len(decision["reached"]) == 2 and len(decision["kept"]) == 1
+    (kept,), (other,) = decision["kept"], decision["stopped"]
+    assert decision["reached"][kept] >= decision["reached"][other]
+    progress = {t: pd.read_csv(run / "tune" / t / "progress.csv") for t in (kept, other)}
+    epochs = list(progress[kept]["training_iteration"])  # restarted from its checkpoint, not from scratch: no epoch
+    assert epochs[0] == 1 and epochs[-1] == 3 and epochs == sorted(set(epochs))  # twice (epoch 2 may go unreported
+    # when the pause stopped the workers after they wrote its checkpoint)
+    assert list(progress[other]["training_iteration"]) == [1]
+    # the kept one trained its epoch 2 only after the other had reported its epoch 1
+    assert progress[kept]["timestamp"].iloc[1] >= progress[other]["timestamp"].iloc[0]
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    assert trials.loc[kept, "status"] == "completed" and trials.loc[other, "status"] == "stopped_early"
+    assert trials.loc[kept, "time_total_s"] == pytest.approx(progress[kept]["time_this_iter_s"].sum())
 
 
 def test_shift_metrics_in_every_trial(run: Path) -> None:

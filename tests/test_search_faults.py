@@ -112,7 +112,9 @@ def test_killed_driver_resumes_and_more_samples_run_only_new_trials(tmp_path: Pa
 def test_killed_worker_resumes_from_checkpoint_and_divergence_is_not_retried(tmp_path: Path) -> None:
     good = {"lr": 3.0e-3, "optimizer": "adamw"}
     nan = {"lr": 1.0e6, "optimizer": "sgd"}  # explodes to NaN in the first epoch
-    path, run_dir = space(tmp_path, num_samples=2, points_to_evaluate=[good, nan]), tmp_path / "run"
+    # ranked by the robust metric, scored at the last epoch only (fifo): epochs 1 and 2 skip validation too
+    search = {"num_samples": 2, "points_to_evaluate": [good, nan], "metric": "cv_robust_accuracy", "shift_images": 64}
+    path, run_dir = space(tmp_path, **search), tmp_path / "run"
     marker = tmp_path / "killed-once"
     run(command(path, run_dir, "--max-concurrent", "1"), env={FAULT_ENV: str(marker)})
     assert marker.exists()  # a fold worker really was SIGKILLed at epoch 2
@@ -122,7 +124,12 @@ def test_killed_worker_resumes_from_checkpoint_and_divergence_is_not_retried(tmp
     good_id, nan_id = by_lr[0], by_lr[1_000_000]
     assert trials.loc[good_id, "status"] == "completed"
     # resumed from the epoch-2 checkpoint: epochs 1..3 reported once each, none re-run from scratch
-    assert list(progress(run_dir)[good_id]["epoch"]) == [1, 2, 3]
+    good = progress(run_dir)[good_id]
+    assert list(good["epoch"]) == [1, 2, 3]
+    # no clean validation before the scored epoch: said (val_scored 0), not made up (NaN)
+    assert list(good["val_scored"]) == [0, 0, 1] and list(good["shift_scored"]) == [0, 0, 1]
+    assert good["cv_accuracy"].iloc[:2].isna().all() and 0 <= good["cv_accuracy"].iloc[2] <= 1
+    assert trials.loc[good_id, "best_epoch"] == 3
 
     assert trials.loc[nan_id, "status"] == "failed"
     assert "diverged" in trials.loc[nan_id, "error"] and "nan" in trials.loc[nan_id, "error"].lower()

@@ -630,6 +630,33 @@ def test_the_shift_suite_is_scored_where_asha_decides_and_said_in_between() -> N
     assert int(best_row(pd.DataFrame(rows), "cv_robust_accuracy", "max")["epoch"]) == 4
 
 
+def test_between_scored_epochs_the_clean_figures_repeat_the_last_validated_ones() -> None:
+    """A fold that skipped validation reports the last validated epoch's val_* figures (NaN before any) with
+    val_scored 0; fold_metrics says so for the trial."""
+    import math
+
+    from search.trainable import VAL_KEYS, carry_validation, fold_metrics
+
+    def epoch(acc: float | None) -> dict[str, object]:
+        m: dict[str, object] = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "lr": 1e-3}
+        m |= {"images_per_s": 10.0, "epoch_time_s": 1.0}
+        if acc is not None:
+            m |= {"val_loss": 1 - acc, "val_accuracy": acc, "val_macro_f1": acc, "val_balanced_accuracy": acc}
+        return m
+
+    before = epoch(None)
+    carried = carry_validation(before, {}, scored=False)
+    assert carried == {} and before["val_scored"] == 0 and all(math.isnan(before[k]) for k in VAL_KEYS)  # type: ignore[arg-type]
+    scored = epoch(0.8)
+    carried = carry_validation(scored, carried, scored=True)
+    assert scored["val_scored"] == 1 and carried["val_accuracy"] == 0.8
+    later = epoch(None)
+    carry_validation(later, carried, scored=False)
+    assert later["val_accuracy"] == 0.8 and later["val_scored"] == 0
+    row = fold_metrics([later, scored], ["n1", "n2"])  # type: ignore[list-item]
+    assert row["val_scored"] == 0 and row["cv_accuracy"] == pytest.approx(0.8)
+
+
 def test_shifted_validation_shows_images_again_under_the_next_shift() -> None:
     """More shifted images than validation images: each image again, under another shift each round."""
     import numpy as np

@@ -259,3 +259,21 @@ def test_progressive_resizing_trains_the_first_epochs_smaller(small: tuple[CellD
     assert len(history) == 3 and all(np.isfinite(h["train_loss"]) for h in history)
     with pytest.raises(ValueError, match="low_res_size must be >= 16"):
         replace(config, low_res_size=8)
+
+
+def test_an_epoch_without_validation_trains_the_same_and_cannot_be_the_best(small: tuple[CellData, CellData]) -> None:
+    """The search skips the clean validation pass between the epochs it scores: the weights are those of a
+    validated run (validation draws nothing from the training RNG), no val_* figure is made up, and the best epoch
+    stays a validated one; the plateau schedule, which steps on the validation loss, refuses it."""
+    train, val = small
+    cfg = replace(TINY, epochs=2)
+    validated, skipped = Trainer(cfg, train, val), Trainer(cfg, train, val)
+    validated.train_epoch()
+    validated.train_epoch()
+    first = skipped.train_epoch()
+    second = skipped.train_epoch(validate=False)
+    assert "val_accuracy" in first and not any(k.startswith("val_") for k in second)
+    assert _same(_params(validated.model), _params(skipped.model))
+    assert skipped.best.epoch == 1  # epoch 2 was not validated
+    with pytest.raises(ValueError, match="plateau"):
+        Trainer(replace(cfg, schedule="plateau"), train, val).train_epoch(validate=False)
