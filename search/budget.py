@@ -48,9 +48,17 @@ class RungGate:
     low_res_epochs: int = 0
     pixel_ratio: float = 1.0  # full-size pixels / low-resolution pixels (progressive resizing)
     epoch_s: dict[tuple[str, int], float] = field(default_factory=dict)  # (trial, epoch) -> seconds of that epoch
+    asked: dict[str, float] = field(default_factory=dict)  # trial -> when the searcher gave it out
+
+    def suggested(self, trial_id: str) -> None:
+        """The searcher gave `trial_id` out now: its way to the rung counts from here (start-up included)."""
+        self.__dict__.setdefault("asked", {})[trial_id] = time.time()
 
     def observe(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Record a trial's report (Tune's `time_total_s` counts from the trial's own start)."""
+        """Record a trial's report. Tune's `time_total_s` counts from the trial's own start; the way to the rung
+        counts from the trial's suggestion when known (the trial's placement and start-up before its clock: a
+        trial the gate let in was cut 10 s short of its rung without it). The searcher passes the result a trial
+        ends on too (Tune gives a searcher no on_trial_result for the result its scheduler stops a trial on)."""
         epoch, seconds = int(result.get("training_iteration", 0)), result.get("time_total_s")
         if seconds is None:
             return
@@ -58,8 +66,10 @@ class RungGate:
             self.first_epoch.setdefault(trial_id, float(seconds))
         if result.get("time_this_iter_s") is not None:
             self.epoch_s.setdefault((trial_id, epoch), float(result["time_this_iter_s"]))
-        if epoch == self.grace_period:
-            self.to_rung.setdefault(trial_id, float(seconds))
+        if epoch == self.grace_period and trial_id not in self.to_rung:
+            asked = self.__dict__.get("asked", {}).get(trial_id)
+            since_asked = time.time() - asked if asked is not None else 0.0
+            self.to_rung[trial_id] = max(float(seconds), since_asked)
 
     def needed(self) -> float | None:
         """Seconds a new trial needs to reach its first rung, from what the trials so far took (None: unknown)."""

@@ -69,6 +69,8 @@ class PrunedOptunaSearch(OptunaSearch):
         gate = self.__dict__.get("gate")  # (a state saved before the gate)
         if gate is not None and not gate.allows(len(self._ot_trials)):
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray types suggest() without its FINISHED
+        if gate is not None:
+            gate.suggested(trial_id)
         out = super().suggest(trial_id)
         return {"params": out} if isinstance(out, dict) else out
 
@@ -97,6 +99,8 @@ class PrunedOptunaSearch(OptunaSearch):
         return max(values) if self.mode == "max" else min(values)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if result and self.__dict__.get("gate") is not None:
+            self.gate.observe(trial_id, result)  # type: ignore[union-attr]  # e.g. the rung result ASHA stopped on
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result, error)
             return

@@ -728,3 +728,27 @@ def test_the_searcher_says_finished_when_the_gate_closes(tmp_path: Path) -> None
     assert isinstance(searcher.suggest("t0"), dict)
     searcher.on_trial_result("t0", {"training_iteration": 1, "time_total_s": 90.0, "cv_accuracy": 0.5})
     assert searcher.suggest("t1") == Searcher.FINISHED  # 90 s to the first rung, 60 s of budget in all
+
+
+def test_the_gate_sees_the_rung_a_trial_was_stopped_on_and_its_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune gives the searcher no on_trial_result for the result ASHA stops a trial on: the gate takes it from
+    on_trial_complete; and a trial's way to the rung counts from its suggestion (its start-up before Tune's clock)."""
+    from cellnet.config import parse_config
+    from search import budget
+    from search.optuna_pruned import make_searcher
+
+    clock = [1000.0]
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    cfg = parse_config(
+        {
+            "name": "g",
+            "search": {"time_budget_s": 600, "grace_period": 2, "max_epochs": 6},
+            "space": {"lr": {"loguniform": [1e-4, 1e-2]}},
+        }
+    )
+    searcher = make_searcher(cfg)
+    assert isinstance(searcher.suggest("t0"), dict)
+    clock[0] += 60  # placement and start-up took 10 s before the trial's own clock (50 s to its rung)
+    searcher.on_trial_result("t0", {"training_iteration": 1, "time_total_s": 30.0, "cv_accuracy": 0.5})
+    searcher.on_trial_complete("t0", {"training_iteration": 2, "time_total_s": 50.0, "cv_accuracy": 0.6})
+    assert searcher.gate is not None and searcher.gate.to_rung == {"t0": 60.0}
