@@ -43,6 +43,9 @@ class TrainConfig:
     # size, no upscaling) -- cheap epochs where ASHA decides; validation always at the full input size
     low_res_epochs: int = 0
     low_res_size: int | None = None
+    # the most training images one epoch draws (a fresh seeded subset each epoch; None: every image): set by
+    # search.epoch_images for the search's trials only, so a trial's cost stops growing with the data
+    epoch_images: int | None = None
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -107,6 +110,10 @@ def _train_problems(c: TrainConfig) -> list[str]:
         f"low_res_epochs must be an int >= 0, got {c.low_res_epochs!r}",
     )
     need(c.low_res_size is None or c.low_res_size >= 16, f"low_res_size must be >= 16 or null, got {c.low_res_size}")
+    need(
+        c.epoch_images is None or (isinstance(c.epoch_images, int) and c.epoch_images >= 2),
+        f"epoch_images must be an int >= 2 or null, got {c.epoch_images!r}",
+    )
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}")
     need(c.lr > 0 and math.isfinite(c.lr), f"lr must be > 0, got {c.lr}")
     need(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
@@ -218,6 +225,7 @@ class SearchSpec:
     first_rung_trials: int = 0  # ASHA: no trial goes past the first rung before this many reached it (0: async)
     shift_suite: tuple[str, ...] | None = None  # shifts scored in every fold (cellnet.shifts); None = DEFAULT_SUITE
     shift_images: int = 512  # validation images per fold scored under shift, one shift each; 0 = no shift metrics
+    epoch_images: int | None = None  # a trial's fold draws at most this many training images an epoch; None = all
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
 
@@ -552,6 +560,12 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             s.metric not in SHIFT_METRICS or s.shift_images > 0,
             f"search.metric {s.metric!r} needs shift metrics, but search.shift_images is 0",
+        ),
+        (
+            s.epoch_images is None
+            or (isinstance(s.epoch_images, int) and not isinstance(s.epoch_images, bool) and s.epoch_images >= 2),
+            f"search.epoch_images must be an int >= 2 (training images a fold draws an epoch) or null, got "
+            f"{s.epoch_images!r}",
         ),
         (
             isinstance(s.num_samples, int) and s.num_samples >= 1,

@@ -158,10 +158,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of (epoch, index); the shuffle order of epoch e comes from a generator seeded with (seed, e)."""
+    """Batches of (epoch, index); the shuffle order of epoch e comes from a generator seeded with (seed, e).
+    `limit` (shuffled only): an epoch takes the first `limit` images of its order, a fresh subset each epoch."""
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0, limit: int | None = None
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
+        self.drawn = min(n, limit) if shuffle and limit is not None else n
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -170,17 +174,17 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = torch.randperm(self.n, generator=g).tolist()[: self.drawn]
         else:
             order = list(range(self.n))
-        for start in range(0, self.n, self.batch_size):
+        for start in range(0, self.drawn, self.batch_size):
             chunk = order[start : start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 break
             yield [(self.epoch, i) for i in chunk]
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        return self.drawn // self.batch_size if self.drop_last else math.ceil(self.drawn / self.batch_size)
 
 
 def _first(batch: Any) -> Any:
@@ -197,12 +201,17 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     early: tuple[Any, int] | None = None,
+    epoch_images: int | None = None,
 ) -> DataLoader[Any]:
     """A loader yielding (uint8 images N×H×W×3, labels). Training batches are shuffled and drop the last partial
-    batch (even sizes for MixUp; no batch of 1 for BatchNorm) unless the data is smaller than one batch. `early`:
-    (a transform, n): the first n epochs use it instead of `transform`."""
-    drop_last = train and len(data) > batch_size
-    sampler = EpochBatchSampler(len(data), batch_size, shuffle=train, drop_last=drop_last, seed=seed)
+    batch (even sizes for MixUp; no batch of 1 for BatchNorm) unless an epoch draws less than one batch. `early`:
+    (a transform, n): the first n epochs use it instead of `transform`. `epoch_images` (training): an epoch draws at
+    most this many images, a fresh seeded subset each epoch."""
+    drawn = min(len(data), epoch_images) if train and epoch_images is not None else len(data)
+    drop_last = train and drawn > batch_size
+    sampler = EpochBatchSampler(
+        len(data), batch_size, shuffle=train, drop_last=drop_last, seed=seed, limit=epoch_images if train else None
+    )
     return DataLoader(
         ImageDataset(data.images, data.labels, transform, seed, early),
         batch_sampler=sampler,
@@ -468,7 +477,15 @@ class Trainer:
             )
 
         early = (augment(c.low_res_size or self.image_size), c.low_res_epochs) if c.low_res_epochs else None
-        train_loader = make_loader(train, augment(c.input_size), batch_size=c.batch_size, train=True, early=early, **kw)
+        train_loader = make_loader(
+            train,
+            augment(c.input_size),
+            batch_size=c.batch_size,
+            train=True,
+            early=early,
+            epoch_images=c.epoch_images,
+            **kw,
+        )
         if val is None or not self.has_val:
             return train_loader, None
         plain = eval_transform(self.image_size, c.input_size)

@@ -194,8 +194,9 @@ def refit_config(
 ) -> TrainConfig:
     """What the refit trains: the trial's config over `schedule_epochs`, at full size throughout (progressive
     resizing makes the search's early epochs cheap where ASHA decides; the deployed model trains as well as it can:
-    on real cells the low-res start cost 0.5-0.9 points after 6 epochs), in the winner's folds' precision."""
-    config = cfg.train_config(params, epochs=schedule_epochs, low_res_epochs=0)
+    on real cells the low-res start cost 0.5-0.9 points after 6 epochs), on every image each epoch (whatever
+    `search.epoch_images` capped the trials at), in the winner's folds' precision."""
+    config = cfg.train_config(params, epochs=schedule_epochs, low_res_epochs=0, epoch_images=None)
     if expected_precision is not None:
         if config.precision == AUTO:  # as the winner's folds did, not decided again on this machine
             config = dataclasses.replace(config, precision=expected_precision)

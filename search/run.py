@@ -280,7 +280,8 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds), "shifted": ray.put(loaded.shifted)}
         print(
             f"search: {cfg.search.num_samples} trials x up to {cfg.search.max_epochs} epochs x {cfg.cv.folds} folds on "
-            f"{len(loaded.data)} images{held_line(cfg)}; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+            f"{len(loaded.data)} images{drawn_line(cfg, loaded.folds)}{held_line(cfg)}; "
+            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
             flush=True,
         )
         tuner = tuner_for(
@@ -299,6 +300,14 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         if owns_ray:
             disconnect(previous_env)
     return 0
+
+
+def drawn_line(cfg: ExperimentConfig, folds: Sequence[tuple[Any, Any]]) -> str:
+    """What the search line says of `search.epoch_images` where it caps a fold's epoch (nothing where it does not)."""
+    cap, largest = cfg.search.epoch_images, max(len(train) for train, _ in folds)
+    if cap is None or cap >= largest:
+        return ""
+    return f" (a fold draws {cap} of its ~{largest} training images an epoch; the refit every image)"
 
 
 def held_line(cfg: ExperimentConfig) -> str:

@@ -444,7 +444,10 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
     reason = failure(trial_dir)
     if reason:  # a resumed search re-queues errored trials; a diverged one stays diverged
         raise reason
-    train_config = cfg.train_config(config["params"], epochs=cfg.search.max_epochs)
+    # search.epoch_images: a trial's cost stops growing with the data (the refit sees every image an epoch)
+    train_config = cfg.train_config(
+        config["params"], epochs=cfg.search.max_epochs, epoch_images=cfg.search.epoch_images
+    )
     trainer = TorchTrainer(
         fold_worker,
         train_loop_config={

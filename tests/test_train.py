@@ -277,3 +277,29 @@ def test_an_epoch_without_validation_trains_the_same_and_cannot_be_the_best(smal
     assert skipped.best.epoch == 1  # epoch 2 was not validated
     with pytest.raises(ValueError, match="plateau"):
         Trainer(replace(cfg, schedule="plateau"), train, val).train_epoch(validate=False)
+
+
+def test_epoch_images_draws_a_fresh_subset_each_epoch(small: tuple[CellData, CellData]) -> None:
+    """epoch_images (search.epoch_images): an epoch trains on at most that many images, a different seeded subset
+    each epoch that over epochs reaches other images; the LR schedule counts the shorter epochs; validation whole."""
+    from cellnet.train import EpochBatchSampler
+
+    train, val = small  # 128 training images, batch 32
+    trainer = Trainer(replace(TINY, epoch_images=64), train, val, device="cpu")
+    assert len(trainer.train_loader) == 2 and len(trainer.val_loader or []) == 1
+    sampler = EpochBatchSampler(128, 32, shuffle=True, drop_last=True, seed=0, limit=64)
+    drawn = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        drawn.append({i for batch in sampler for _, i in batch})
+    assert [len(d) for d in drawn] == [64, 64, 64] and drawn[0] != drawn[1] and len(set.union(*drawn)) > 64
+    sampler.set_epoch(0)
+    assert {i for batch in sampler for _, i in batch} == drawn[0]  # a function of (seed, epoch)
+    whole = EpochBatchSampler(128, 32, shuffle=True, drop_last=True, seed=0, limit=500)  # more than the data: all
+    assert len(whole) == 4 and sorted(i for batch in whole for _, i in batch) == list(range(128))
+    metrics = trainer.train_epoch()
+    assert np.isfinite(metrics["train_loss"]) and metrics["images_per_s"] > 0
+    small_cap = Trainer(replace(TINY, epoch_images=20), train, val, device="cpu")  # under one batch: one batch of 20
+    assert [len(b[1]) for b in small_cap.train_loader] == [20]
+    with pytest.raises(ValueError, match="epoch_images must be an int >= 2"):
+        replace(TINY, epoch_images=1)
