@@ -260,6 +260,11 @@ def search_once(code: Path, data: str, out: Path, seed: int) -> dict[str, Any]:
         "scored_at_first_rung": int((epochs >= grace).sum()),
         "completed": int((epochs >= max_epochs).sum()),
         "budget": summary.get("budget"),
+        "deployment_s": {  # where the time after the search went (summary.json, when the code records it)
+            "out_of_fold": (summary.get("deployment") or {}).get("out_of_fold_s"),
+            "refit_train": (summary.get("retrain") or {}).get("train_s"),
+            "refit_calibration": (summary.get("retrain") or {}).get("calibration_s"),
+        },
         "winner": {k: (summary.get("best") or {}).get(k) for k in ("trial_id", "params", "best_epoch")},
         "winner_metric": ((summary.get("best") or {}).get("cv") or {}).get(summary["search"]["metric"]),
     }
@@ -351,6 +356,11 @@ def search(before: str | None, data: str | None, out: Path, seed: int) -> list[d
         )
         if r["budget"] and r["budget"].get("new_trials_stopped"):
             print(f"        budget: {r['budget']['new_trials_stopped']}")
+        for cut in (r["budget"] or {}).get("stopped_at_rung") or []:
+            print(f"        stopped at a rung for the budget: {cut}")
+        spent = {k: v for k, v in r["deployment_s"].items() if v is not None}
+        if spent:
+            print("        deployment: " + ", ".join(f"{k} {v:.0f} s" for k, v in spent.items()))
     print(
         f"training {backbone} at 96 px: cellnet {rates['cellnet']:.0f} img/s, bare loop {rates['bare']:.0f} img/s "
         f"(x{rates['cellnet'] / rates['bare']:.2f})"

@@ -411,9 +411,11 @@ class Trainer:
         self.image_size = train.image_size
         self.has_val = val is not None and len(val) > 0
         self.init_note: str | None = None  # where an init_checkpoint's weights went (None: not started from one)
-        # what it trains and validates in: `precision` as given, or auto decided (cellnet.train_precision)
+        # what it trains in: `precision` as given, or auto decided (cellnet.train_precision); it validates as the
+        # model will predict: on a CPU in bf16 where the CPU has it (1.7x faster, issue 33), else as it trains
         self.precision = training_precision(config, self.device, config.input_size or self.image_size)
         self.config = config = replace(config, precision=self.precision)
+        self.eval_precision = self.precision if self.cuda else inference_precision(self.device)
 
         seed_everything(config.seed)  # the initial weights depend on the seed only
         # channels_last on every device: on CPU too it is oneDNN's fast layout (bench/bench_train.py: 1.2x for
@@ -635,7 +637,7 @@ class Trainer:
         for images, labels in self.val_loader:
             x = prepare_batch(images, self.mean, self.std, self.device, channels_last=True)
             y = labels.to(self.device, non_blocking=True)
-            with autocast(self.precision, self.device):
+            with autocast(self.eval_precision, self.device):
                 logits = self.model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             preds.append(logits.argmax(dim=1).cpu())

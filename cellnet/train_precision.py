@@ -2,8 +2,9 @@
 
     training_precision(config, device, size) ─ fp32 / bf16 as given; auto: CUDA -> bf16 (as always); a CPU without
         bf16 (`cellnet.precision.cpu_has_bf16`) -> fp32; a CPU with bf16 -> probe(...).choice
-    probe(backbone, size, batch size, threads) ─ cached per those four in this process ─ measure: a warm-up step each
-        way, then a few training steps of one random batch in fp32 and in bf16 autocast ─ Probe (images/s, choice)
+    probe(backbone, size, batch size, threads) ─ cached per those four in this process and, with the CPU's name and
+        torch's version, on this machine (PROBES_FILE) ─ measure: a warm-up step each way, then a few training steps
+        of one random batch in fp32 and in bf16 autocast ─ Probe (images/s, choice)
     resolve_precisions(cfg, device, threads) ─ every backbone a search can train, one line each: search/run.py calls
         it before any trial runs, so every trial and the refit get the same answer (`ExperimentConfig.precisions`)
 
@@ -16,19 +17,27 @@ timing noise, and then fp32 stays (decision 0014).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from cellnet.config import ExperimentConfig, TrainConfig
 from cellnet.constants import PBC_CLASSES
+from cellnet.files import write_json
 from cellnet.model import build_model
 from cellnet.precision import AUTO, BF16, FP32, autocast, cpu_has_bf16
+from cellnet.weights import cache_dir
 
 STEPS, ROUNDS = 2, 2  # the probe: ROUNDS x STEPS timed training steps per precision, after a warm-up step each
+PROBES_FILE = "precision-probes.json"  # under the weights' cache directory: one probe per machine, CPU and torch
 BF16_MIN_SPEEDUP = 1.1  # bf16 is chosen only when it trains at least this much faster
 
 
@@ -100,15 +109,60 @@ _PROBES: dict[tuple[str, int, int, int], Probe] = {}
 
 
 def probe(backbone: str, size: int, batch_size: int, threads: int, say: Callable[[str], object] | None = None) -> Probe:
-    """The (cached) `measure` of `backbone` at `size` px, `batch_size`, `threads` threads, its best round each way;
-    `say` gets its one line when it is measured, not when it comes from the cache."""
+    """The `measure` of `backbone` at `size` px, `batch_size`, `threads` threads, its best round each way: once per
+    process, and once per machine (`machine_probes`: the file under the weights' cache directory, keyed by the CPU
+    and torch); `say` gets its one line, and where it came from the machine's file."""
     key = (backbone, int(size), int(batch_size), int(threads))
-    if key not in _PROBES:
+    if key in _PROBES:
+        return _PROBES[key]
+    saved, disk_key = machine_probes(), "|".join([cpu_name(), torch.__version__, *map(str, key)])
+    found = saved.get(disk_key)
+    if isinstance(found, dict) and {FP32, BF16} <= set(found):
+        _PROBES[key] = Probe(*key, fp32=float(found[FP32]), bf16=float(found[BF16]))
+        where = f" (measured on this machine before: {probes_file()})"
+    else:
         per_s = measure(TrainConfig(backbone=backbone, batch_size=batch_size), size, threads=threads)
         _PROBES[key] = Probe(*key, fp32=max(per_s[FP32]), bf16=max(per_s[BF16]))  # the best round: least disturbed
-        if say is not None:
-            say(_PROBES[key].describe())
+        saved[disk_key] = {FP32: _PROBES[key].fp32, BF16: _PROBES[key].bf16}
+        where = _save_probes(saved)
+    if say is not None:
+        say(_PROBES[key].describe() + where)
     return _PROBES[key]
+
+
+def probes_file() -> Path:
+    return cache_dir() / PROBES_FILE
+
+
+def machine_probes() -> dict[str, Any]:
+    """This machine's earlier probes ({} when none or unreadable: measured again)."""
+    try:
+        found = json.loads(probes_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _save_probes(saved: dict[str, Any]) -> str:
+    """Write the machine's probes (atomically); a cache that cannot be written costs only the next run's probe."""
+    try:
+        probes_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json(probes_file(), saved)
+    except OSError as e:
+        return f" (not cached: {e})"
+    return ""
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else the platform's word for it): a probe holds for that CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def training_precision(

@@ -14,6 +14,16 @@
                            started to their end or the deadline, and the search ends early), said in one line and
                            in run_dir/budget.json (summary.json's `budget`)
 
+    The same for a trial ASHA lets go on past a rung (the scheduler asks, search/first_rung.py `BudgetedASHA`):
+
+    RungGate.goes_on()     needed = the epochs to its next scored epoch (the next rung, else the last epoch) x its
+                                    full-size epoch time: its own when it has some, else the other trials' mean
+                                    scaled by how its epoch at this rung compares with theirs at the same epoch
+                                    (nothing to go by: it goes on)
+                           needed > left: stopped at this rung -- the deadline would cut it before it is scored
+                           again, and the time goes to new trials or the deployment -- one line each and
+                           run_dir/budget_cuts.json (summary.json's `budget.stopped_at_rung`)
+
 On a resumed search the clock starts again, as Tune's own budget does.
 """
 
@@ -24,12 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cellnet.config import ExperimentConfig
 from cellnet.files import write_json
 
 if TYPE_CHECKING:
     from search.first_rung import RungHold
 
 BUDGET_FILE = "budget.json"
+CUTS_FILE = "budget_cuts.json"
 
 
 @dataclass
@@ -49,6 +61,8 @@ class RungGate:
     pixel_ratio: float = 1.0  # full-size pixels / low-resolution pixels (progressive resizing)
     epoch_s: dict[tuple[str, int], float] = field(default_factory=dict)  # (trial, epoch) -> seconds of that epoch
     asked: dict[str, float] = field(default_factory=dict)  # trial -> when the searcher gave it out
+    rungs: tuple[int, ...] = ()  # ASHA's rungs below max_epochs: the epochs a trial is scored at, besides its last
+    cuts: list[dict[str, Any]] = field(default_factory=list)  # trials stopped at a rung for the budget (`goes_on`)
 
     def suggested(self, trial_id: str) -> None:
         """The searcher gave `trial_id` out now: its way to the rung counts from here (start-up included)."""
@@ -93,6 +107,45 @@ class RungGate:
         restart = max(0.0, max(self.first_epoch.values(), default=0.0) - min(early))
         return restart + left * per_epoch
 
+    def goes_on(self, trial_id: str, epoch: int, seconds: float | None) -> bool:
+        """Whether a trial ASHA lets go on past its rung at `epoch` (that epoch took `seconds`) reaches its next
+        scored epoch before the deadline (module doc); on False the decision is printed and written."""
+        if self.budget_s is None or self.started is None or epoch >= self.max_epochs:
+            return True
+        per_epoch = self.full_epoch_s(trial_id, epoch, seconds)
+        if per_epoch is None:
+            return True
+        upcoming = min([r for r in self.__dict__.get("rungs", ()) if r > epoch] or [self.max_epochs])
+        needed = (upcoming - epoch) * per_epoch
+        left = self.budget_s - (time.time() - self.started)
+        if needed <= left:
+            return True
+        cut = {"trial_id": trial_id, "epoch": epoch, "next_scored": upcoming, "left_s": round(max(left, 0.0), 1)}
+        cuts = self.__dict__.setdefault("cuts", [])  # (a state saved before cuts)
+        cuts.append({**cut, "needed_s": round(needed, 1)})
+        print(
+            f"search: {trial_id} passed its rung at epoch {epoch}, but needs ~{needed:.0f} s to its next scored epoch "
+            f"({upcoming}) and {max(left, 0):.0f} s are left: stopped there",
+            flush=True,
+        )
+        if self.path is not None:
+            write_json(self.path.with_name(CUTS_FILE), cuts)
+        return False
+
+    def full_epoch_s(self, trial_id: str, epoch: int, seconds: float | None) -> float | None:
+        """A full-size epoch's seconds for `trial_id` (module doc: `goes_on`); None when nothing tells."""
+        first_full = max(1, self.low_res_epochs)  # (epoch 1 carries the start-up)
+        full = {(t, e): s for (t, e), s in self.epoch_s.items() if e > first_full}
+        own = [s for (t, _), s in full.items() if t == trial_id]
+        if own:
+            return sum(own) / len(own)
+        others = {t for t, _ in full if t != trial_id and (t, epoch) in self.epoch_s}
+        if not others or not seconds:
+            return None
+        theirs = [s for (t, _), s in full.items() if t in others]
+        here = [self.epoch_s[(t, epoch)] for t in others]
+        return sum(theirs) / len(theirs) * float(seconds) / (sum(here) / len(here))
+
     def allows(self, trials_started: int) -> bool:
         """True when a new trial may start; on the first False the decision is printed and written."""
         if self.closed is not None:
@@ -133,3 +186,15 @@ class RungGate:
         """A restored (resumed) search starts its clock again, as Tune's time budget does."""
         state["started"], state["closed"] = None, None
         self.__dict__.update(state)
+
+
+def rung_epochs(cfg: ExperimentConfig) -> list[int]:
+    """Epochs at which ASHA/HyperBand may stop a trial: grace_period * reduction_factor**i below max_epochs."""
+    s = cfg.search
+    if s.scheduler == "fifo":
+        return []
+    out, t = [], float(s.grace_period)
+    while t < s.max_epochs:
+        out.append(int(t))
+        t *= s.reduction_factor
+    return out

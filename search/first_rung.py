@@ -30,6 +30,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from cellnet.files import write_json
+from search.budget import RungGate
 
 
 @dataclass
@@ -54,7 +55,29 @@ class RungHold:
         self.__dict__.update(state)
 
 
-class FirstRungASHA(AsyncHyperBandScheduler):
+class BudgetedASHA(AsyncHyperBandScheduler):
+    """ASHA that stops, at a rung, a trial the time budget cannot take to its next scored epoch (the rung gate's
+    `goes_on`, search/budget.py): what ASHA would let go on is otherwise cut by the deadline between scored epochs."""
+
+    def __init__(self, *, gate: RungGate | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        gate, epoch = self.__dict__.get("gate"), result.get(self._time_attr)
+        if action != TrialScheduler.CONTINUE or gate is None or epoch not in self._rungs_at:
+            return action
+        go_on = gate.goes_on(trial.trial_id, int(epoch), result.get("time_this_iter_s"))
+        return action if go_on else TrialScheduler.STOP
+
+    @property
+    def _rungs_at(self) -> set[int]:
+        """The epochs ASHA judges a trial at, below its last."""
+        return {int(m) for bracket in self._brackets for m, _ in bracket._rungs if m < self._max_t}
+
+
+class FirstRungASHA(BudgetedASHA):
     """ASHA with a synchronous first rung (module doc)."""
 
     def __init__(self, *, hold: RungHold, grace_period: int, **kwargs: Any) -> None:

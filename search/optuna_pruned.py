@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cellnet.config import SHIFT_METRICS, ExperimentConfig
-from search.budget import RungGate
+from search.budget import RungGate, rung_epochs
 from search.first_rung import RungHold
 from search.space import check_points, define_by_run, sampler
 
@@ -187,6 +187,7 @@ def gate_for(cfg: ExperimentConfig, budget_file: Path | None, hold: RungHold | N
         max_epochs=cfg.search.max_epochs,
         low_res_epochs=t.low_res_epochs,
         pixel_ratio=(full / low_res) ** 2,
+        rungs=tuple(rung_epochs(cfg)),
     )
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
 from cellnet.errors import ConfigError
 from cellnet.files import atomic_path, jsonable, write_json
-from search.budget import BUDGET_FILE
+from search.budget import BUDGET_FILE, CUTS_FILE
 from search.paths import FIRST_RUNG_FILE
 from search.plots import plot_search
 from search.trial_row import missing, params_of
@@ -530,9 +530,11 @@ def write_outputs(
     summary["plots"] = {k: str(v) for k, v in plots.items()}
     summary["notes"] = notes
     budget = run_dir / BUDGET_FILE  # the rung gate's decision (search/budget.py), when it stopped new trials
+    cuts = run_dir / CUTS_FILE  # ... and the trials it stopped at a rung, the deadline before their next score
     summary["budget"] = {
         "time_budget_s": cfg.search.time_budget_s,
         "new_trials_stopped": json.loads(budget.read_text()) if budget.is_file() else None,
+        "stopped_at_rung": json.loads(cuts.read_text()) if cuts.is_file() else [],
     }
     held = run_dir / FIRST_RUNG_FILE  # the synchronous first rung's decision (search/first_rung.py)
     summary["first_rung"] = {

@@ -132,7 +132,7 @@ def recalibrate_run(run_dir: str | Path) -> list[str]:
     )
     loaded = load_data(cfg, for_search=False)
     check_fingerprint(run_dir, loaded.data, cfg.data.source, who="search.retrain --recalibrate")
-    winner = fold_outputs(cfg, run_dir, win, loaded, required=True)
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=True, ensemble_ood="folds" in deployed)
     assert winner is not None  # required=True raises instead
     lines = []
     for name, path in sorted(deployed.items()):

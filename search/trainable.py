@@ -63,6 +63,7 @@ from cellnet.config import SHIFT_METRICS, ExperimentConfig, TrainConfig
 from cellnet.errors import CellnetError, CheckpointError, DivergedError, PrecisionMismatchError, WeightsMismatchError
 from cellnet.files import atomic_path, write_json
 from cellnet.weights import weights_identity
+from search.budget import rung_epochs
 from search.paths import TRAIN_DIR
 from search.resources import ResourcePlan
 
@@ -81,18 +82,6 @@ _CV = {
     "cv_train_accuracy": "train_accuracy",
 }
 VAL_KEYS = tuple(v for v in _CV.values() if v.startswith("val_"))  # what fold_metrics reads of a validation pass
-
-
-def rung_epochs(cfg: ExperimentConfig) -> list[int]:
-    """Epochs at which ASHA/HyperBand may stop a trial: grace_period * reduction_factor**i below max_epochs."""
-    s = cfg.search
-    if s.scheduler == "fifo":
-        return []
-    out, t = [], float(s.grace_period)
-    while t < s.max_epochs:
-        out.append(int(t))
-        t *= s.reduction_factor
-    return out
 
 
 def fold_metrics(
@@ -429,6 +418,12 @@ def share_ray_address() -> dict[str, str | None]:
     return before
 
 
+def trial_config(cfg: ExperimentConfig, params: dict[str, Any]) -> TrainConfig:
+    """What a trial's folds train: its point over `search.max_epochs`, each epoch drawing at most
+    `search.epoch_images` training images (a trial's cost stops growing with the data; the refit sees all)."""
+    return cfg.train_config(params, epochs=cfg.search.max_epochs, epoch_images=cfg.search.epoch_images)
+
+
 def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePlan, refs: dict, run_dir: str) -> None:
     """Tune function trainable: one TorchTrainer fit with a worker per fold (see module doc)."""
     # in the trial's own process: Tune (~2 s) and torch (through ray.train.torch) stay out of the driver
@@ -444,10 +439,7 @@ def run_trial(config: dict[str, Any], *, cfg: ExperimentConfig, plan: ResourcePl
     reason = failure(trial_dir)
     if reason:  # a resumed search re-queues errored trials; a diverged one stays diverged
         raise reason
-    # search.epoch_images: a trial's cost stops growing with the data (the refit sees every image an epoch)
-    train_config = cfg.train_config(
-        config["params"], epochs=cfg.search.max_epochs, epoch_images=cfg.search.epoch_images
-    )
+    train_config = trial_config(cfg, config["params"])
     trainer = TorchTrainer(
         fold_worker,
         train_loop_config={

@@ -21,7 +21,7 @@ from ray import cloudpickle
 from cellnet.config import ExperimentConfig
 from cellnet.errors import ConfigError
 from search import resources
-from search.budget import BUDGET_FILE
+from search.budget import BUDGET_FILE, rung_epochs
 from search.paths import FIRST_RUNG_FILE, TUNE_DIR
 
 
@@ -48,23 +48,26 @@ def disconnect(previous_env: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def scheduler(cfg: ExperimentConfig, hold: Any = None) -> Any:
-    """Tune's scheduler for `cfg`; with a `hold` (search.first_rung_trials), ASHA with a synchronous first rung."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler  # Tune: as in tuner_for
+def scheduler(cfg: ExperimentConfig, hold: Any = None, gate: Any = None) -> Any:
+    """Tune's scheduler for `cfg`; ASHA stops at a rung a trial the budget's `gate` cannot take to its next scored
+    epoch (search/budget.py); with a `hold` (search.first_rung_trials), ASHA with a synchronous first rung."""
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler  # Tune: as in tuner_for
 
-    from search.first_rung import FirstRungASHA  # Tune, as above
+    from search.first_rung import BudgetedASHA, FirstRungASHA  # Tune, as above
 
     s = cfg.search
     if s.scheduler == "asha" and hold is not None:
         return FirstRungASHA(
             hold=hold,
+            gate=gate,
             time_attr="training_iteration",
             max_t=s.max_epochs,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
         )
     if s.scheduler == "asha":
-        return ASHAScheduler(
+        return BudgetedASHA(
+            gate=gate,
             time_attr="training_iteration",
             max_t=s.max_epochs,
             grace_period=s.grace_period,
@@ -125,7 +128,7 @@ def tuner_for(
     from search.console import ConsoleReporter
     from search.optuna_pruned import make_searcher
     from search.tensorboard import TensorBoardHParamsCallback
-    from search.trainable import run_trial, rung_epochs
+    from search.trainable import run_trial
 
     quiet_tune(verbose)
     trainable = tune.with_resources(
@@ -144,6 +147,13 @@ def tuner_for(
     s = cfg.search
     # a synchronous first rung pauses trials: the searcher then limits concurrency itself, not counting them
     hold = RungHold(s.first_rung_trials, run_dir / FIRST_RUNG_FILE) if s.first_rung_trials > 1 else None
+    searcher = make_searcher(
+        cfg,
+        tell_pruned=tell_pruned,
+        budget_file=run_dir / BUDGET_FILE,
+        hold=hold,
+        max_live=plan.max_concurrent if hold is not None else None,
+    )
     callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from
     callbacks += [TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)]
     if not verbose:
@@ -154,14 +164,8 @@ def tuner_for(
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             num_samples=cfg.search.num_samples,
-            search_alg=make_searcher(
-                cfg,
-                tell_pruned=tell_pruned,
-                budget_file=run_dir / BUDGET_FILE,
-                hold=hold,
-                max_live=plan.max_concurrent if hold is not None else None,
-            ),
-            scheduler=scheduler(cfg, hold),
+            search_alg=searcher,
+            scheduler=scheduler(cfg, hold, searcher.gate),  # the searcher's rung gate: one budget for both
             max_concurrent_trials=plan.max_concurrent if hold is None else None,
             time_budget_s=cfg.search.time_budget_s,
             reuse_actors=False,  # a stopped trial's driver takes its worker group down with it

@@ -167,7 +167,9 @@ def deploy(
     deployed: dict[str, Path] = {}
     mode = cfg.retrain.mode
     refit = mode in ("refit", "both") and retrain_winner
-    winner = fold_outputs(cfg, run_dir, win, loaded, required=mode != "refit")
+    t0 = time.time()
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=mode != "refit", ensemble_ood=mode != "refit")
+    fold_s = round(time.time() - t0, 1)  # oof.npz and the fold models' calibration: where a deployment's time goes
     if winner is not None and mode in ("folds", "both"):
         dest = run_dir / ("best" if mode == "folds" else "best_folds")
         deployed["folds"], sections["folds"] = save_fold_ensemble(run_dir, win, loaded, winner, dest, provenance)
@@ -193,6 +195,7 @@ def deploy(
         "status": "done" if deployed else "not deployed (--no-retrain)",
         "deployed": {name: str(path) for name, path in deployed.items()},
         "calibrated": winner is not None,
+        "out_of_fold_s": fold_s,
     }
 
 
@@ -211,11 +214,18 @@ class WinnerFolds:
 
 
 def fold_outputs(
-    cfg: ExperimentConfig, run_dir: Path, win: Winner, loaded: SearchData, *, required: bool
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    win: Winner,
+    loaded: SearchData,
+    *,
+    required: bool,
+    ensemble_ood: bool = True,
 ) -> WinnerFolds | None:
     """Load the winner's fold models, write oof.npz, fit the calibration. With `required=False` (a refit-only
     deployment) a problem with the fold files or the calibration (e.g. a class too rare for the OOD statistics of a
-    fold) is a warning and the refit is deployed uncalibrated."""
+    fold) is a warning and the refit is deployed uncalibrated. `ensemble_ood=False` (no fold ensemble deployed): the
+    ensemble's own OOD detector and framing check are not fitted -- a refit fits its own (`fit_refit_ood`)."""
     data = loaded.data
     config = cfg.train_config(win.params, epochs=cfg.search.max_epochs)
     check_oof_folds(run_dir / OOF_FILE, data.ids, loaded.folds)  # search.retrain: the folds the search scored
@@ -239,12 +249,12 @@ def fold_outputs(
             precision=precision,
         )
         save_oof(run_dir / OOF_FILE, oof, data.classes, win.trial_id, win.best_epoch)
-        calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg)
+        calibration = fit_ensemble_calibration(oof, loaded.folds, len(data.classes), cfg, ood=ensemble_ood)
         zooms, note = framing_zooms(cfg, config)
         if calibration.ood is not None and zooms:
             ood = fit_ensemble_framing(calibration.ood, members, config, data, loaded.folds, oof, zooms)
             calibration = dataclasses.replace(calibration, ood=ood)
-        if calibration.ood is not None and note:
+        if note and (calibration.ood is not None or (not ensemble_ood and oof.features is not None)):
             calibration = dataclasses.replace(calibration, notes=(*calibration.notes, note))
     except (CheckpointError, CalibrationError) as e:
         if required:
@@ -258,8 +268,11 @@ def fold_outputs(
     return WinnerFolds(config, members, oof, calibration)
 
 
-def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg: ExperimentConfig) -> Calibration:
-    """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold."""
+def fit_ensemble_calibration(
+    oof: OutOfFold, folds: Folds, num_classes: int, cfg: ExperimentConfig, *, ood: bool = True
+) -> Calibration:
+    """Temperature and conformal scores from the OOF logits; OOD per member, on its own (unseen) validation fold
+    (`ood=False`: none)."""
     cal = fit_calibration(
         oof.logits,
         oof.labels,
@@ -269,7 +282,7 @@ def fit_ensemble_calibration(oof: OutOfFold, folds: Folds, num_classes: int, cfg
         coverage=cfg.calibration.coverage,
         precision=oof.precision,
     )
-    if oof.features is None:
+    if oof.features is None or not ood:
         return cal
     stats, thresholds = [], []
     for i, (_, val) in enumerate(folds):
@@ -449,6 +462,7 @@ def refit_winner(
     """The winner retrained on all data into best/ (search/refit.py), then calibrated when its fold models are
     there (`calibrate_refit`). Returns (best/, summary.json's `retrain` section)."""
     print(f"\nretraining {win.trial_id} on all {len(loaded.data)} images ...")
+    t0 = time.time()
     path = retrain(
         cfg,
         win.params,
@@ -462,6 +476,7 @@ def refit_winner(
         expected_weights=win.weights,
         expected_precision=win.precision,
     )
+    trained = time.time()
     if winner is not None:
         calibrate_refit(path, cfg, loaded, winner, win)
     print(f"winner saved to {path}")
@@ -470,6 +485,8 @@ def refit_winner(
         "epochs": win.retrain_epochs,
         "schedule_epochs": win.retrain_schedule_epochs,
         "calibrated": winner is not None,
+        "train_s": round(trained - t0, 1),
+        "calibration_s": round(time.time() - trained, 1),
     }
 
 
@@ -508,7 +525,7 @@ def calibrate_retrained(path: Path, cfg: ExperimentConfig, run_dir: Path, win: W
             f"not calibrated: the fold models of trial {win.trial_id} were not kept (a search keeps only its winner's, "
             f"in {run_dir / 'train' / '<winner>' / 'folds'}), so there are no out-of-fold predictions to fit one on"
         )
-    winner = fold_outputs(cfg, run_dir, win, loaded, required=False)
+    winner = fold_outputs(cfg, run_dir, win, loaded, required=False, ensemble_ood=False)
     if winner is None:
         return f"not calibrated: the fold models in {folds_dir} could not be used (see the warning above)"
     calibrate_refit(path, cfg, loaded, winner, win)

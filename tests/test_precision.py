@@ -36,6 +36,14 @@ TINY = {
 }  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def own_probes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own machine-wide probes file: a probe one test faked is not another's measurement."""
+    from cellnet import train_precision as tp
+
+    monkeypatch.setattr(tp, "probes_file", lambda: tmp_path / "probes" / tp.PROBES_FILE)
+
+
 @pytest.fixture
 def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """This test's CPU has bf16 (emulated where it has not)."""
@@ -264,7 +272,8 @@ def test_cellnet_train_decides_auto_and_saves_what_it_trained_in(
 
 def test_training_precision_auto_and_the_probe_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: bf16 on CUDA, fp32 on a CPU without bf16 (no probe), the probe's choice on a CPU with bf16 -- measured
-    once per (backbone, size, batch size, threads), one line when measured, none from the cache."""
+    once per (backbone, size, batch size, threads) in a process (one line when measured, none from that cache) and
+    once per machine (the probes file: a new process reads it, says so, and measures again where it is unreadable)."""
     from cellnet import train_precision as tp
 
     monkeypatch.setattr(tp, "_PROBES", {})
@@ -295,6 +304,16 @@ def test_training_precision_auto_and_the_probe_cache(monkeypatch: pytest.MonkeyP
     assert tp.probe("test_resnet", 32, 32, 1) is probe and measured == ["test_resnet"] and len(lines) == 1
     tp.training_precision(auto, "cpu", 48, threads=1)  # another size: measured again
     assert measured == ["test_resnet", "test_resnet"]
+    monkeypatch.setattr(tp, "_PROBES", {})  # a new process on the same machine: the machine's file answers
+    assert tp.training_precision(auto, "cpu", 32, threads=1, say=lines.append) == choice
+    assert measured == ["test_resnet", "test_resnet"] and tp._PROBES[("test_resnet", 32, 32, 1)] == probe
+    assert lines[-1].endswith(f"(measured on this machine before: {tp.probes_file()})")
+    saved = json.loads(tp.probes_file().read_text())
+    assert len(saved) == 2 and all(k.startswith(f"{tp.cpu_name()}|{torch.__version__}|test_resnet|") for k in saved)
+    tp.probes_file().write_text("{not json")  # unreadable: measured again, and written again
+    monkeypatch.setattr(tp, "_PROBES", {})
+    tp.training_precision(auto, "cpu", 32, threads=1)
+    assert measured == ["test_resnet"] * 3 and len(json.loads(tp.probes_file().read_text())) == 1
 
 
 def test_a_search_decides_auto_once_per_backbone_and_a_resume_keeps_it(
@@ -346,6 +365,26 @@ def test_bf16_training_on_cpu_runs_under_autocast_and_is_recorded(monkeypatch: p
         "test_resnet", 32, 32, torch.get_num_threads(), fp32=10.0, bf16=20.0)})  # fmt: skip
     trainer = Trainer(TrainConfig(**TINY, epochs=1), data, None)
     assert trainer.precision == "bf16" and trainer.config.precision == "bf16"
+
+
+def test_validation_on_a_cpu_runs_in_the_precision_the_model_predicts_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model trained in fp32 is validated (and so ranked by the search) in bf16 where the CPU has it, as predict
+    and the shift suite score it; fp32 where it has not; the figures stay close to fp32's."""
+    from cellnet.train import Trainer
+
+    data = generate(n=96, image_size=TINY_SIZE, seed=2)
+    train, val = data.subset(np.arange(64)), data.subset(np.arange(64, 96))
+    config = TrainConfig(**TINY, epochs=1, precision="fp32")
+    monkeypatch.setenv(BF16_ENV, "0")
+    plain = Trainer(config, train, val)
+    assert plain.precision == plain.eval_precision == "fp32"
+    fp32 = plain.train_epoch()
+    monkeypatch.setenv(BF16_ENV, "1")
+    bf16_cpu = Trainer(config, train, val)
+    assert bf16_cpu.precision == "fp32" and bf16_cpu.eval_precision == "bf16"
+    bf16 = bf16_cpu.train_epoch()  # the same weights (fp32 training, same seed), validated in bf16
+    assert bf16["train_loss"] == fp32["train_loss"] and abs(bf16["val_loss"] - fp32["val_loss"]) < 0.05
+    assert abs(bf16["val_accuracy"] - fp32["val_accuracy"]) <= 2 / 32
 
 
 # ---------------------------------------------------------------------------------------------------------------

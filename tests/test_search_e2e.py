@@ -39,6 +39,7 @@ SPACE: dict[str, Any] = {
         "seed": 0,
         "checkpoint_every": 1,
         "first_rung_trials": 2,  # GOOD waits at epoch 1 for POOR, then restarts from its checkpoint
+        "epoch_images": 128,  # of a fold's ~145 training images: the capped epoch runs under Ray (same 4 batches)
         "points_to_evaluate": [GOOD, POOR],
     },
     "resources": {"cpus_per_fold": 1},
@@ -287,6 +288,8 @@ def test_deployed_checkpoints_carry_their_calibration_and_use_it(run: Path) -> N
         np.testing.assert_allclose(out.calibrated.ood_score, cal.ood.score(raw.features), rtol=1e-6)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["deployment"]["status"] == "done" and summary["deployment"]["calibrated"]
+    assert summary["deployment"]["out_of_fold_s"] > 0  # where the deployment's time went
+    assert summary["retrain"]["train_s"] > 0 and summary["retrain"]["calibration_s"] > 0
 
 
 def test_onnx_export_gives_the_calibrated_probabilities(run: Path, tmp_path: Path) -> None:

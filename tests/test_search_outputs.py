@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from cellnet.config import parse_config
+from cellnet.errors import ConfigError
 from search import plots, results, trial_row
 from search.results import TrialRecord
 
@@ -291,6 +292,7 @@ def test_summary_json(outputs):
     assert summary["wall_time_s"] == 12.5 and summary["test"] == {"accuracy": 0.5}
     assert summary["provenance"]["git_sha"] == "abc123"
     assert summary["fold_epochs"] == (3 + 3 + 1) * FOLDS
+    assert summary["budget"]["new_trials_stopped"] is None and summary["budget"]["stopped_at_rung"] == []
     updated = results.update_summary(run_dir, retrain={"epochs": 3, "checkpoint": "best"})
     assert updated["retrain"]["epochs"] == 3 and updated["best"]["trial_id"] == "t_b"
     assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temp files
@@ -534,6 +536,38 @@ def test_the_framing_check_keeps_its_zooms_for_a_winner_trained_on_them_and_says
     assert framing_zooms(off, off.train_config({"zoom_aug": 1.0})) == ((), None)
 
 
+def test_a_framing_discriminator_is_fitted_on_at_most_framing_images_cells() -> None:
+    """Up to FRAMING_IMAGES cells all are used (the sizes decision 0013 measured); more: a seeded sorted sample of
+    FRAMING_IMAGES distinct cells, so the deployment's zoomed passes stop growing with the data."""
+    from search.winner import FRAMING_IMAGES, framing_sample
+
+    assert list(framing_sample(5)) == [0, 1, 2, 3, 4]
+    assert len(framing_sample(FRAMING_IMAGES)) == FRAMING_IMAGES
+    rows = framing_sample(3 * FRAMING_IMAGES, seed=1)
+    assert len(rows) == FRAMING_IMAGES == len(set(rows.tolist())) and np.all(np.diff(rows) > 0)
+    assert rows.max() >= FRAMING_IMAGES  # drawn over all cells, not the first ones
+    assert np.array_equal(rows, framing_sample(3 * FRAMING_IMAGES, seed=1))
+    assert not np.array_equal(rows, framing_sample(3 * FRAMING_IMAGES, seed=2))
+
+
+def test_epoch_images_caps_the_trials_epochs_not_the_refits() -> None:
+    """search.epoch_images reaches every trial's TrainConfig, the refit trains on every image, the search line says
+    it where it caps a fold (and nothing where the folds are smaller); a bad value is one config error."""
+    from search.refit import refit_config
+    from search.run import drawn_line
+    from search.trainable import trial_config
+
+    cfg = parse_config({"name": "x", "search": {"epoch_images": 100, "max_epochs": 4}})
+    assert trial_config(cfg, {"lr": 1e-3}).epoch_images == 100 and trial_config(cfg, {}).epochs == 4
+    assert refit_config(cfg, {}, 4, None).epoch_images is None
+    assert parse_config({"name": "x"}).search.epoch_images is None
+    folds = [(np.arange(300), np.arange(300, 400)), (np.arange(290), np.arange(10))]
+    assert "a fold draws 100 of its ~300 training images an epoch; the refit every image" in drawn_line(cfg, folds)
+    assert drawn_line(parse_config({"name": "x", "search": {"epoch_images": 300}}), folds) == ""
+    with pytest.raises(ConfigError, match="search.epoch_images must be an int >= 2"):
+        parse_config({"name": "x", "search": {"epoch_images": 0}})
+
+
 def test_a_fold_keeps_its_two_newest_best_files(tmp_path: Path) -> None:
     """The newest best's report may never reach Tune (the time budget stops the trial while it reports): the best
     epoch before it must still have its files. Found on real cells: trials.csv said epoch 5, only epoch 6 was kept,
@@ -752,3 +786,53 @@ def test_the_gate_sees_the_rung_a_trial_was_stopped_on_and_its_start_up(monkeypa
     searcher.on_trial_result("t0", {"training_iteration": 1, "time_total_s": 30.0, "cv_accuracy": 0.5})
     searcher.on_trial_complete("t0", {"training_iteration": 2, "time_total_s": 50.0, "cv_accuracy": 0.6})
     assert searcher.gate is not None and searcher.gate.to_rung == {"t0": 60.0}
+
+
+def test_a_trial_the_budget_cannot_take_to_its_next_scored_epoch_stops_at_its_rung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RungGate.goes_on: a trial past its rung goes on only when the time left covers the epochs to its next scored
+    one, each as long as its own full-size epochs, else the others' scaled by its rung epoch against theirs;
+    nothing to go by: it goes on. The cut is said and written for summary.json; ASHA asks it at its rungs only."""
+    import json
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from search import budget
+    from search.budget import CUTS_FILE, RungGate
+    from search.first_rung import BudgetedASHA
+
+    clock = [1000.0]
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    gate = RungGate(600, 2, tmp_path / "budget.json", max_epochs=6, low_res_epochs=2, rungs=(2,))
+    assert gate.goes_on("a", 2, 25.0)  # no clock yet (no trial asked for)
+    assert gate.allows(0)
+    for epoch, seconds in ((1, 40.0), (2, 25.0), (3, 50.0), (4, 36.0), (5, 36.0), (6, 58.0)):
+        gate.observe("a", {"training_iteration": epoch, "time_total_s": 0.0, "time_this_iter_s": seconds})
+    assert gate.full_epoch_s("a", 2, 25.0) == pytest.approx(45.0)  # its own full-size epochs: 3-6
+    assert gate.full_epoch_s("b", 2, 30.0) == pytest.approx(45.0 * 30.0 / 25.0)  # a's, scaled by the rung epochs
+    assert gate.full_epoch_s("b", 1, None) is None
+    clock[0] += 300  # 300 s left; b needs 4 x 54 = 216
+    assert gate.goes_on("b", 2, 30.0)
+    clock[0] += 100  # 200 s left
+    assert not gate.goes_on("b", 2, 30.0)
+    cut = {"trial_id": "b", "epoch": 2, "next_scored": 6, "left_s": 200.0, "needed_s": 216.0}
+    assert gate.cuts == [cut] and json.loads((tmp_path / CUTS_FILE).read_text()) == [cut]
+    assert gate.goes_on("b", 6, 30.0)  # the last epoch: nothing after it
+
+    class Stub:  # one ASHA rung at epoch 2 of 6; the gate says no past it
+        trial_id = "c"
+
+    asha = BudgetedASHA(gate=gate, time_attr="training_iteration", max_t=6, grace_period=2, reduction_factor=3)
+    asha.set_search_properties("m", "max")
+    asha.on_trial_add(None, Stub())  # type: ignore[arg-type]
+    assert asha._rungs_at == {2}
+    first = {"training_iteration": 1, "m": 0.5, "time_this_iter_s": 40.0}
+    assert asha.on_trial_result(None, Stub(), first) == TrialScheduler.CONTINUE  # not a rung: not asked
+    at_rung = {"training_iteration": 2, "m": 0.9, "time_this_iter_s": 30.0}
+    assert asha.on_trial_result(None, Stub(), at_rung) == TrialScheduler.STOP  # ASHA's CONTINUE, the budget's STOP
+    assert [c["trial_id"] for c in gate.cuts] == ["b", "c"]
+    ungated = BudgetedASHA(time_attr="training_iteration", max_t=6, grace_period=2, reduction_factor=3)
+    ungated.set_search_properties("m", "max")
+    ungated.on_trial_add(None, Stub())  # type: ignore[arg-type]
+    assert ungated.on_trial_result(None, Stub(), at_rung) == TrialScheduler.CONTINUE
