@@ -220,6 +220,9 @@ class SearchSpec:
     scheduler: str = "asha"
     seed: int = 0
     time_budget_s: float | None = None
+    # search and deployment together, from the command's start: trials stop starting (and going on past a rung) where
+    # the time left could not also hold the winner's estimated refit and calibration (search/budget.py)
+    deadline_s: float | None = None
     checkpoint_every: int | None = None  # also every N epochs; None = only at ASHA rungs and the last epoch
     startup_trials: int | None = None  # TPE's random start-up; None = a third of num_samples, 3 to 10
     first_rung_trials: int = 0  # ASHA: no trial goes past the first rung before this many reached it (0: async)
@@ -585,6 +588,10 @@ def _check_sections(cfg: ExperimentConfig) -> None:
         (
             s.time_budget_s is None or s.time_budget_s > 0,
             f"search.time_budget_s must be > 0 or null, got {s.time_budget_s!r}",
+        ),
+        (
+            s.deadline_s is None or (isinstance(s.deadline_s, int | float) and s.deadline_s > 0),
+            f"search.deadline_s must be > 0 (seconds for the search and its deployment) or null, got {s.deadline_s!r}",
         ),
         (
             s.startup_trials is None or (isinstance(s.startup_trials, int) and s.startup_trials >= 0),

@@ -29,6 +29,8 @@ On a resumed search the clock starts again, as Tune's own budget does.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,8 @@ class RungGate:
     asked: dict[str, float] = field(default_factory=dict)  # trial -> when the searcher gave it out
     rungs: tuple[int, ...] = ()  # ASHA's rungs below max_epochs: the epochs a trial is scored at, besides its last
     cuts: list[dict[str, Any]] = field(default_factory=list)  # trials stopped at a rung for the budget (`goes_on`)
+    deadline: Deadline | None = None  # search.deadline_s: the search and its deployment together
+    rates: dict[tuple[str, int], float] = field(default_factory=dict)  # (trial, full-size epoch) -> folds' images/s
 
     def suggested(self, trial_id: str) -> None:
         """The searcher gave `trial_id` out now: its way to the rung counts from here (start-up included)."""
@@ -80,6 +84,8 @@ class RungGate:
             self.first_epoch.setdefault(trial_id, float(seconds))
         if result.get("time_this_iter_s") is not None:
             self.epoch_s.setdefault((trial_id, epoch), float(result["time_this_iter_s"]))
+        if result.get("images_per_s") and epoch > max(1, self.low_res_epochs):  # the folds' full-size training rate
+            self.__dict__.setdefault("rates", {}).setdefault((trial_id, epoch), float(result["images_per_s"]))
         if epoch == self.grace_period and trial_id not in self.to_rung:
             asked = self.__dict__.get("asked", {}).get(trial_id)
             since_asked = time.time() - asked if asked is not None else 0.0
@@ -107,17 +113,31 @@ class RungGate:
         restart = max(0.0, max(self.first_epoch.values(), default=0.0) - min(early))
         return restart + left * per_epoch
 
+    def time_left(self, now: float) -> tuple[float, float]:
+        """(seconds the trials may still use, seconds kept for the deployment): the budget's rest, or less where
+        `search.deadline_s` must also hold the deployment's estimate (module doc); inf when neither limits."""
+        left = self.budget_s - (now - self.started) if self.budget_s is not None and self.started else math.inf
+        deadline = self.__dict__.get("deadline")
+        if deadline is None:
+            return left, 0.0
+        rates = self.__dict__.get("rates", {})
+        reserved = deadline.deployment_s(min(rates.values()) if rates else None)
+        if reserved is None:  # nothing trained at full size yet: nothing to estimate with
+            return min(left, deadline.left(now)), 0.0
+        return min(left, deadline.left(now) - reserved), reserved
+
     def goes_on(self, trial_id: str, epoch: int, seconds: float | None) -> bool:
         """Whether a trial ASHA lets go on past its rung at `epoch` (that epoch took `seconds`) reaches its next
         scored epoch before the deadline (module doc); on False the decision is printed and written."""
-        if self.budget_s is None or self.started is None or epoch >= self.max_epochs:
+        limited = self.budget_s is not None or self.__dict__.get("deadline") is not None
+        if not limited or self.started is None or epoch >= self.max_epochs:
             return True
         per_epoch = self.full_epoch_s(trial_id, epoch, seconds)
         if per_epoch is None:
             return True
         upcoming = min([r for r in self.__dict__.get("rungs", ()) if r > epoch] or [self.max_epochs])
         needed = (upcoming - epoch) * per_epoch
-        left = self.budget_s - (time.time() - self.started)
+        left, _ = self.time_left(time.time())
         if needed <= left:
             return True
         cut = {"trial_id": trial_id, "epoch": epoch, "next_scored": upcoming, "left_s": round(max(left, 0.0), 1)}
@@ -154,12 +174,13 @@ class RungGate:
         if self.started is None:
             self.started = now
         needed = self.needed()
-        if self.budget_s is None or needed is None:
+        limited = self.budget_s is not None or self.__dict__.get("deadline") is not None
+        if not limited or needed is None:
             return True
         hold = self.__dict__.get("hold")  # (a state saved before the hold)
         finish = self.to_finish() if hold is not None and hold.waiting else 0.0
         needed += finish
-        left = self.budget_s - (now - self.started)
+        left, reserved = self.time_left(now)
         if needed <= left:
             return True
         self.closed = {
@@ -171,11 +192,14 @@ class RungGate:
         }
         if finish:
             self.closed["held_to_finish_s"] = round(finish, 1)  # kept for the best held trial to finish
+        if reserved:
+            self.closed["deployment_reserved_s"] = round(reserved, 1)  # search.deadline_s: kept for the deployment
         also = f" and ~{finish:.0f} s for the best held one to finish" if finish else ""
+        kept = f" (~{reserved:.0f} s kept for the deployment, search.deadline_s)" if reserved else ""
         print(
-            f"search: {max(left, 0):.0f} s of the budget left, a new trial needs ~{needed - finish:.0f} s to reach its "
-            f"first rung (epoch {self.grace_period}){also}: no new trial after {trials_started}; the rest goes to the "
-            "deployment",
+            f"search: {max(left, 0):.0f} s of the budget left{kept}, a new trial needs ~{needed - finish:.0f} s to "
+            f"reach its first rung (epoch {self.grace_period}){also}: no new trial after {trials_started}; the rest "
+            "goes to the deployment",
             flush=True,
         )
         if self.path is not None:
@@ -183,9 +207,44 @@ class RungGate:
         return False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A restored (resumed) search starts its clock again, as Tune's time budget does."""
+        """A restored (resumed) search starts its clock again, as Tune's time budget does (its deadline too)."""
         state["started"], state["closed"] = None, None
+        if state.get("deadline") is not None:
+            state["deadline"] = dataclasses.replace(state["deadline"], origin=time.time())
         self.__dict__.update(state)
+
+
+# The deployment's estimate (decision 0018, measured on synthetic:7000: Lite0 and Lite1 winners)
+REFIT_OF_FOLD_RATE = 0.85  # the refit (one process, every thread) trained at 0.87-0.92 of a trial's folds together
+INFERENCES_PER_STEP = 4.0  # calibration images scored (bf16) in the time of one training image-step: measured 3.9-4.5
+DEPLOY_FIXED_S = 30.0  # Ray Train's start, loading and saving checkpoints, the robustness card
+TTA_IMAGES = 2000  # = search.oof.TTA_IMAGES: out-of-fold images scored under 8 views
+FRAMING_IMAGES = 2000  # = search.winner.FRAMING_IMAGES: cells each framing check scores at 2 zooms
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """`search.deadline_s`: the search and its deployment within `seconds` of `origin` (the command's start)."""
+
+    seconds: float
+    origin: float
+    images: int  # what the refit trains on and the calibration scores
+    refit_epochs: int  # the refit's epochs at most (0: no refit, the fold ensemble is deployed)
+
+    def left(self, now: float) -> float:
+        return self.seconds - (now - self.origin)
+
+    def deployment_s(self, fold_rate: float | None) -> float | None:
+        """The deployment's seconds, estimated from the slowest full-size training rate of a trial's folds together
+        (None: none measured yet): the refit's epochs over every image, and the calibration's inference passes --
+        out-of-fold (every image, and TTA_IMAGES under 8 views), the refit's and the fold models' features of the
+        images, the framing check's 2 zooms -- at INFERENCES_PER_STEP per training image-step."""
+        if not fold_rate:
+            return None
+        n = self.images
+        scored = 3 * n + 8 * min(n, TTA_IMAGES) + 2 * min(n, FRAMING_IMAGES)
+        steps = self.refit_epochs * n + scored / INFERENCES_PER_STEP
+        return steps / (REFIT_OF_FOLD_RATE * fold_rate) + DEPLOY_FIXED_S
 
 
 def rung_epochs(cfg: ExperimentConfig) -> list[int]:

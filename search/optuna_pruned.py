@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cellnet.config import SHIFT_METRICS, ExperimentConfig
-from search.budget import RungGate, rung_epochs
+from search.budget import Deadline, RungGate, rung_epochs
 from search.first_rung import RungHold
 from search.space import check_points, define_by_run, sampler
 
@@ -154,11 +155,13 @@ def make_searcher(
     budget_file: Path | None = None,
     hold: RungHold | None = None,
     max_live: int | None = None,
+    deadline_from: tuple[float, int] | None = None,
 ) -> PrunedOptunaSearch:
     """The searcher for `cfg`: define-by-run space, seeded TPE or random sampler, points_to_evaluate enqueued; with a
     time budget and a scheduler with rungs, the rung gate (search/budget.py; its decision written to
     `budget_file`); with a synchronous first rung, the `hold` it shares with the scheduler and the concurrency limit
-    `max_live` it keeps itself."""
+    `max_live` it keeps itself; with `search.deadline_s`, the gate counts from `deadline_from` = (the command's start,
+    the images the refit trains on)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" / per-trial INFO lines
     return PrunedOptunaSearch(
         space=define_by_run(cfg),
@@ -168,14 +171,22 @@ def make_searcher(
         points_to_evaluate=check_points(cfg) or None,
         max_epochs=cfg.search.max_epochs,
         tell_pruned=tell_pruned,
-        gate=gate_for(cfg, budget_file, hold) if cfg.search.time_budget_s else None,
+        gate=gate_for(cfg, budget_file, hold, deadline_from)
+        if cfg.search.time_budget_s or cfg.search.deadline_s
+        else None,
         hold=hold,
         max_live=max_live,
     )
 
 
-def gate_for(cfg: ExperimentConfig, budget_file: Path | None, hold: RungHold | None) -> RungGate:
-    """The rung gate of `cfg`'s budget; with a hold, what it needs to know to keep a held trial's time to finish."""
+def gate_for(
+    cfg: ExperimentConfig,
+    budget_file: Path | None,
+    hold: RungHold | None,
+    deadline_from: tuple[float, int] | None = None,
+) -> RungGate:
+    """The rung gate of `cfg`'s budget; with a hold, what it needs to know to keep a held trial's time to finish;
+    with a deadline, what the deployment's estimate needs (search/budget.py `Deadline`)."""
     t = cfg.train_config({}, epochs=cfg.search.max_epochs)  # the space's fixed training settings
     full = t.input_size or cfg.data.image_size
     low_res = min(t.low_res_size or cfg.data.image_size, full) if t.low_res_epochs else full
@@ -188,7 +199,17 @@ def gate_for(cfg: ExperimentConfig, budget_file: Path | None, hold: RungHold | N
         low_res_epochs=t.low_res_epochs,
         pixel_ratio=(full / low_res) ** 2,
         rungs=tuple(rung_epochs(cfg)),
+        deadline=deadline_of(cfg, deadline_from),
     )
+
+
+def deadline_of(cfg: ExperimentConfig, deadline_from: tuple[float, int] | None) -> Deadline | None:
+    """`search.deadline_s` as the gate keeps it (None without one)."""
+    if cfg.search.deadline_s is None:
+        return None
+    origin, images = deadline_from if deadline_from is not None else (time.time(), 0)
+    refit = cfg.retrain.mode in ("refit", "both")
+    return Deadline(float(cfg.search.deadline_s), origin, images, cfg.search.max_epochs if refit else 0)
 
 
 def first_rung(cfg: ExperimentConfig) -> int:

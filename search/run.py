@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, help="cross-validation folds = workers per trial (cv.folds)")
     p.add_argument("--seed", type=int, help="seed of the searcher and the fold split (search.seed, cv.seed)")
     p.add_argument("--time-budget", type=float, help="stop starting/running trials after this many seconds")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds for the search and its deployment together: no trial started whose rung, with the deployment's "
+        "estimate, would pass it",
+    )
     p.add_argument("--storage", help="run directory (default runs/<name>); on a cluster a path every node shares")
     p.add_argument("--address", help="existing Ray cluster (default: $RAY_ADDRESS, else start a local one)")
     p.add_argument("--cpus-per-fold", type=float, help="CPUs per fold worker (fractional allowed)")
@@ -76,6 +82,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "max_epochs": args.max_epochs,
             "seed": args.seed,
             "time_budget_s": args.time_budget,
+            "deadline_s": args.deadline,
         },
         "resources": {
             "cpus_per_fold": args.cpus_per_fold,
@@ -91,6 +98,7 @@ RESUME_SAFE = {
     ("data", "test"),
     ("search", "num_samples"),
     ("search", "time_budget_s"),
+    ("search", "deadline_s"),
     ("search", "checkpoint_every"),
     *(("resources", k) for k in ("cpus_per_fold", "gpus_per_fold", "max_concurrent")),
     *(("retrain", k) for k in ("mode", "epochs")),
@@ -280,12 +288,20 @@ def search(args: argparse.Namespace, *, tell_pruned: bool = True, stopper: Any =
         refs = {"data": ray.put(loaded.data), "folds": ray.put(loaded.folds), "shifted": ray.put(loaded.shifted)}
         print(
             f"search: {cfg.search.num_samples} trials x up to {cfg.search.max_epochs} epochs x {cfg.cv.folds} folds on "
-            f"{len(loaded.data)} images{drawn_line(cfg, loaded.folds)}{held_line(cfg)}; "
+            f"{len(loaded.data)} images{drawn_line(cfg, loaded.folds)}{held_line(cfg)}{deadline_line(cfg)}; "
             f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
             flush=True,
         )
         tuner = tuner_for(
-            cfg, run_dir, plan, refs, resume=args.resume, tell_pruned=tell_pruned, stopper=stopper, verbose=args.verbose
+            cfg,
+            run_dir,
+            plan,
+            refs,
+            resume=args.resume,
+            tell_pruned=tell_pruned,
+            stopper=stopper,
+            verbose=args.verbose,
+            deadline_from=(started, len(loaded.data)),
         )
         grid = tuner.fit()
         left = unfinished(grid)
@@ -308,6 +324,12 @@ def drawn_line(cfg: ExperimentConfig, folds: Sequence[tuple[Any, Any]]) -> str:
     if cap is None or cap >= largest:
         return ""
     return f" (a fold draws {cap} of its ~{largest} training images an epoch; the refit every image)"
+
+
+def deadline_line(cfg: ExperimentConfig) -> str:
+    """What the search line says of `search.deadline_s`, if there is one."""
+    d = cfg.search.deadline_s
+    return f" (search and deployment within {d:.0f} s of the start)" if d else ""
 
 
 def held_line(cfg: ExperimentConfig) -> str:

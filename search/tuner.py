@@ -115,12 +115,14 @@ def tuner_for(
     tell_pruned: bool = True,
     stopper: Any = None,
     verbose: bool = False,
+    deadline_from: tuple[float, int] | None = None,
 ) -> Any:
     """The Tuner of a new search, or the restored one (`resume`, which keeps the first run's reporting).
     `tell_pruned=False` tells Optuna COMPLETE for early-stopped trials (Ray's behaviour); `stopper` (a
     ray.tune.Stopper, new searches only) can end trials or the whole search early. Both exist for
     bench/bench_search.py; the defaults are what the search runs with. `verbose`: Ray's own status tables instead of
-    our one-line-per-event reporter (search/console.py)."""
+    our one-line-per-event reporter (search/console.py). `deadline_from`: (when the command started, how many images
+    the refit will train on), what `search.deadline_s` counts from and estimates the deployment with."""
     # Tune (~2 s) and the search's callbacks (tensorboard, torch: ~4 s) only when a search is built: --dry-run
     # imports this module to connect
     from ray import tune
@@ -153,6 +155,7 @@ def tuner_for(
         budget_file=run_dir / BUDGET_FILE,
         hold=hold,
         max_live=plan.max_concurrent if hold is not None else None,
+        deadline_from=deadline_from,
     )
     callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what Tune's results are read back from
     callbacks += [TensorBoardHParamsCallback(run_dir / "tensorboard", cfg.searched(), s.max_epochs, s.metric, s.mode)]

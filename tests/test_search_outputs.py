@@ -762,6 +762,13 @@ def test_the_searcher_says_finished_when_the_gate_closes(tmp_path: Path) -> None
     assert isinstance(searcher.suggest("t0"), dict)
     searcher.on_trial_result("t0", {"training_iteration": 1, "time_total_s": 90.0, "cv_accuracy": 0.5})
     assert searcher.suggest("t1") == Searcher.FINISHED  # 90 s to the first rung, 60 s of budget in all
+    only_deadline = parse_config({"name": "g", "search": {"deadline_s": 900}, "space": {"lr": {"choice": [1e-3]}}})
+    gate = make_searcher(only_deadline, deadline_from=(123.0, 500)).gate  # search.run: (its start, the images)
+    assert gate is not None and gate.budget_s is None and gate.deadline is not None
+    assert (gate.deadline.seconds, gate.deadline.origin, gate.deadline.images) == (900.0, 123.0, 500)
+    assert make_searcher(parse_config({"name": "g", "space": {"lr": {"choice": [1e-3]}}})).gate is None
+    with pytest.raises(ConfigError, match="search.deadline_s must be > 0"):
+        parse_config({"name": "g", "search": {"deadline_s": 0}})
 
 
 def test_the_gate_sees_the_rung_a_trial_was_stopped_on_and_its_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -836,3 +843,50 @@ def test_a_trial_the_budget_cannot_take_to_its_next_scored_epoch_stops_at_its_ru
     ungated.set_search_properties("m", "max")
     ungated.on_trial_add(None, Stub())  # type: ignore[arg-type]
     assert ungated.on_trial_result(None, Stub(), at_rung) == TrialScheduler.CONTINUE
+
+
+def test_a_deadline_keeps_the_deployments_estimate_out_of_the_trials_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """search.deadline_s: the trials' time ends where the deadline, less the deployment's estimate (from the slowest
+    full-size training rate of a trial's folds), is reached -- before the time budget when the data is large; nothing
+    is reserved before a full-size epoch was measured; the decision says what was kept; a resumed search restarts
+    the clock. The estimate's constants mirror the deployment's (TTA and framing images)."""
+    import json
+
+    from search import budget, oof, winner
+    from search.budget import Deadline, RungGate
+
+    assert budget.TTA_IMAGES == oof.TTA_IMAGES and budget.FRAMING_IMAGES == winner.FRAMING_IMAGES
+    deadline = Deadline(1200.0, origin=1000.0, images=7000, refit_epochs=6)
+    steps = 6 * 7000 + (3 * 7000 + 8 * 2000 + 2 * 2000) / budget.INFERENCES_PER_STEP
+    assert deadline.deployment_s(100.0) == pytest.approx(steps / (0.85 * 100.0) + budget.DEPLOY_FIXED_S)
+    assert deadline.deployment_s(None) is None
+    assert Deadline(1200.0, 1000.0, 7000, 0).deployment_s(100.0) < deadline.deployment_s(100.0)  # no refit: less
+    clock = [1040.0]  # the search starts 40 s after the command
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    gate = RungGate(600, 2, tmp_path / "budget.json", max_epochs=6, low_res_epochs=2, deadline=deadline)
+    assert gate.allows(0)
+    assert gate.time_left(clock[0]) == (pytest.approx(600.0), 0.0)  # no rate yet: the budget binds
+    gate.observe("a", {"training_iteration": 2, "time_total_s": 40.0, "images_per_s": 230.0})  # low-res: not a rate
+    assert not gate.rates
+    for epoch, rate in ((3, 100.0), (4, 120.0)):
+        gate.observe(
+            "a", {"training_iteration": epoch, "time_total_s": 0.0, "time_this_iter_s": 20.0, "images_per_s": rate}
+        )
+    reserve = deadline.deployment_s(100.0)
+    clock[0] += 100
+    left, kept = gate.time_left(clock[0])
+    assert kept == pytest.approx(reserve) and left == pytest.approx(1200 - 140 - reserve)
+    assert left < 600 - 100  # the deadline binds before the budget
+    gate.to_rung["a"] = 40.0
+    clock[0] = 1000.0 + 1200 - reserve - 39  # 39 s left before the reserve: a trial needs 40
+    assert not gate.allows(1)
+    written = json.loads((tmp_path / "budget.json").read_text())
+    assert written["deployment_reserved_s"] == pytest.approx(round(reserve, 1)) and written["left_s"] == 39.0
+    assert not gate.goes_on("a", 2, 20.0)  # 4 epochs of ~20 s do not fit either
+    restored = RungGate.__new__(RungGate)
+    restored.__setstate__(dict(gate.__dict__))
+    assert restored.deadline is not None and restored.deadline.origin == clock[0]
+    unlimited = RungGate(None, 2)
+    assert unlimited.allows(0) and unlimited.goes_on("x", 2, 10.0)
