@@ -30,7 +30,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from cellnet.files import write_json
-from search.budget import RungGate
 
 
 @dataclass
@@ -59,9 +58,9 @@ class BudgetedASHA(AsyncHyperBandScheduler):
     """ASHA that stops, at a rung, a trial the time budget cannot take to its next scored epoch (the rung gate's
     `goes_on`, search/budget.py): what ASHA would let go on is otherwise cut by the deadline between scored epochs."""
 
-    def __init__(self, *, gate: RungGate | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, gate: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gate = gate
+        self.gate = gate  # a search.budget.RungGate (not imported: that module names RungHold from this one)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
