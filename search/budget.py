@@ -24,6 +24,11 @@
                            again, and the time goes to new trials or the deployment -- one line each and
                            run_dir/budget_cuts.json (summary.json's `budget.stopped_at_rung`)
 
+    With `search.deadline_s` (the search and its deployment within that many seconds of the command's start), the
+    time left for both questions is also at most the deadline's rest less the deployment's estimate (`Deadline`:
+    the refit and the calibration's passes at the slowest trial's full-size training rate), once a full-size epoch
+    was measured; the decision says how much was kept for the deployment.
+
 On a resumed search the clock starts again, as Tune's own budget does.
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +126,19 @@ class RungGate:
         deadline = self.__dict__.get("deadline")
         if deadline is None:
             return left, 0.0
-        rates = self.__dict__.get("rates", {})
-        reserved = deadline.deployment_s(min(rates.values()) if rates else None)
+        reserved = deadline.deployment_s(self.slowest_rate())
         if reserved is None:  # nothing trained at full size yet: nothing to estimate with
             return min(left, deadline.left(now)), 0.0
         return min(left, deadline.left(now) - reserved), reserved
+
+    def slowest_rate(self) -> float | None:
+        """The slowest trial's full-size training rate (its folds together): per trial the median of its full-size
+        epochs -- its first one runs slow, ~0.65x, while oneDNN sets up the new size -- and the slowest of those (any
+        trial may win, and the refit runs at its rate). None before any full-size epoch."""
+        per_trial: dict[str, list[float]] = {}
+        for (trial_id, _), rate in self.__dict__.get("rates", {}).items():
+            per_trial.setdefault(trial_id, []).append(rate)
+        return min((statistics.median(r) for r in per_trial.values()), default=None)
 
     def goes_on(self, trial_id: str, epoch: int, seconds: float | None) -> bool:
         """Whether a trial ASHA lets go on past its rung at `epoch` (that epoch took `seconds`) reaches its next

@@ -874,7 +874,10 @@ def test_a_deadline_keeps_the_deployments_estimate_out_of_the_trials_time(
         gate.observe(
             "a", {"training_iteration": epoch, "time_total_s": 0.0, "time_this_iter_s": 20.0, "images_per_s": rate}
         )
-    reserve = deadline.deployment_s(100.0)
+    assert gate.slowest_rate() == pytest.approx(110.0)  # the trial's median full-size rate
+    gate.observe("b", {"training_iteration": 3, "time_total_s": 0.0, "images_per_s": 90.0})
+    assert gate.slowest_rate() == pytest.approx(90.0)  # the slowest trial's
+    reserve = deadline.deployment_s(90.0)
     clock[0] += 100
     left, kept = gate.time_left(clock[0])
     assert kept == pytest.approx(reserve) and left == pytest.approx(1200 - 140 - reserve)
