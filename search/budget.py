@@ -133,8 +133,8 @@ class RungGate:
 
     def slowest_rate(self) -> float | None:
         """The slowest trial's full-size training rate (its folds together): per trial the median of its full-size
-        epochs -- its first one runs slow, ~0.65x, while oneDNN sets up the new size -- and the slowest of those (any
-        trial may win, and the refit runs at its rate). None before any full-size epoch."""
+        epochs -- its first one can run slow (0.65x in one measured run) after the change of size -- and the
+        slowest of those (any trial may win, and the refit runs at its rate). None before any full-size epoch."""
         per_trial: dict[str, list[float]] = {}
         for (trial_id, _), rate in self.__dict__.get("rates", {}).items():
             per_trial.setdefault(trial_id, []).append(rate)
@@ -154,9 +154,16 @@ class RungGate:
         left, _ = self.time_left(time.time())
         if needed <= left:
             return True
-        cut = {"trial_id": trial_id, "epoch": epoch, "next_scored": upcoming, "left_s": round(max(left, 0.0), 1)}
         cuts = self.__dict__.setdefault("cuts", [])  # (a state saved before cuts)
-        cuts.append({**cut, "needed_s": round(needed, 1)})
+        cuts.append(
+            {
+                "trial_id": trial_id,
+                "epoch": epoch,
+                "next_scored": upcoming,
+                "left_s": round(max(left, 0.0), 1),
+                "needed_s": round(needed, 1),
+            }
+        )
         print(
             f"search: {trial_id} passed its rung at epoch {epoch}, but needs ~{needed:.0f} s to its next scored epoch "
             f"({upcoming}) and {max(left, 0):.0f} s are left: stopped there",
