@@ -72,8 +72,9 @@ class BudgetedASHA(AsyncHyperBandScheduler):
 
     @property
     def _rungs_at(self) -> set[int]:
-        """The epochs ASHA judges a trial at, below its last."""
-        return {int(m) for bracket in self._brackets for m, _ in bracket._rungs if m < self._max_t}
+        """The epochs ASHA judges a trial at, below its last: the gate's (both from the config's rung_epochs)."""
+        gate = self.__dict__.get("gate")
+        return set(gate.rungs) if gate is not None else set()
 
 
 class FirstRungASHA(BudgetedASHA):
