@@ -154,23 +154,11 @@ def finetune_rows(
         with tempfile.TemporaryDirectory() as tmp:
             result = finetune(parent, labelled, Path(tmp) / "ft", seed=seed, show_progress=False, source=name, **how)
             ckpt = load_checkpoint(result.path)
-            assert ckpt.calibration is not None
-            pooled = dataclasses.replace(  # the sets before cellnet.lab_conformal: pooled for every class
-                ckpt, calibration=dataclasses.replace(ckpt.calibration, conformal=result.conformal.pooled)
-            )
-            both = [
-                figures(ckpt, cells.images[rest], labels[rest], label, None, canonical=result.canonicalization),
-                figures(pooled, cells.images[rest], labels[rest], label + " pooled", None, result.canonicalization),
-            ]
-        for row in both:
-            row |= {
-                "group": name, "seed": seed, "finetune_seconds": result.seconds, "labelled": int(len(pick)),
-                "parent_sets": [ckpt.classes[c] for c in result.conformal.parents],
-            }  # fmt: skip
-            show(row)
-            rows.append(row)
-        print(f"    finetune {result.seconds:.0f} s on {len(pick)} cells; parent's sets for "
-              f"{both[0]['parent_sets']} (missed {result.conformal.missed})", flush=True)  # fmt: skip
+            row = figures(ckpt, cells.images[rest], labels[rest], label, None, canonical=result.canonicalization)
+        row |= {"group": name, "seed": seed, "finetune_seconds": result.seconds, "labelled": int(len(pick))}
+        show(row)
+        print(f"    finetune {result.seconds:.0f} s on {len(pick)} cells", flush=True)
+        rows.append(row)
     return rows
 
 
@@ -182,22 +170,6 @@ def as_model_labels(cells: Any, classes: tuple[str, ...]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report mode: the deployed models of bench_deployed runs
-
-
-def finetune_choice(runs: Path, seeds: list[int], ft_seeds: list[int], size: int) -> list[dict]:
-    """Choices for finetune on the development lab, from the deployed models (`--ft-choice`): 5 and 10 labelled
-    cells a class of cellavision's classes with >= 12, scored on the rest."""
-    from cellnet.checkpoint import load_checkpoint
-
-    lab = lab_cells(DESIGN_LAB, size)
-    rows: list[dict] = []
-    for seed in seeds:
-        best = runs / f"seed{seed}" / "search" / "best"
-        y = as_model_labels(lab, load_checkpoint(best).classes)
-        for per_class in (5, 10):
-            ft = finetune_rows(best, lab, y, per_class, 12, ft_seeds, DESIGN_LAB)
-            rows += [{**r, "model_seed": seed} for r in ft]
-    return rows
 
 
 def report(runs: Path, seeds: list[int], ft_seeds: list[int], size: int) -> list[dict]:
@@ -332,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--ft-sweep", action="store_true", help="--design: finetune's lr x steps x canonicalize")
-    parser.add_argument("--ft-choice", action="store_true", help="with --runs: finetune on cellavision only")
     args = parser.parse_args(argv)
     if skip(args, "bench_new_lab", quick="~15 min per model", real_cells=True):
         return 0
@@ -340,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = design(args.recipe, args.seeds, args.epochs, args.size, not args.no_finetune, args.ft_sweep)
     elif args.runs is None:
         parser.error("--runs DIR (bench_deployed's runs) or --design")
-    elif args.ft_choice:
-        rows = finetune_choice(args.runs, args.seeds, args.ft_seeds, args.size)
     else:
         rows = report(args.runs, args.seeds, [] if args.no_finetune else args.ft_seeds, args.size)
     summary(rows)

@@ -6,18 +6,15 @@
       ─ a short schedule sized by the cells (`schedule`), all layers, CK's own augmentation, from CK's weights
         (`train.init_checkpoint`, cellnet.parent)
       ─ cross-fitting: k stratified folds over the cells -> k fine-tuned models -> every cell's out-of-fold logits
-        and features -> temperature, conformal scores (per class: the parent's where this lab's cells agree with
-        them, else pooled over the classes: cellnet.lab_conformal), the new lab's OOD statistics (their threshold
-        transferred to the final model as a search's refit's is)
+        and features -> temperature, conformal scores pooled over the classes (marginal: see ConformalScores), the
+        new lab's OOD statistics (their threshold transferred to the final model as a search's refit's is)
       ─ the final model: fine-tuned on all the cells; its framing check and the lab's colour statistics
       ─ DIR: a normal calibrated checkpoint (predict, evaluate, export), CK's weights hash in its provenance
 
 What it promises: with n cells of a class, no class-conditional 95% set can ever leave that class out below
-n = 19 (its smallest p-value is 1 / (n + 1)). A class whose labelled cells all fall inside the parent's own
-class-conditional sets keeps the parent's scores (the parent's per-class promise, checked on those n cells); the
-others get sets pooled over the classes: over cells like the labelled ones, the true class is in the set 95% of
-the time on average over classes, not for each class. The checkpoint's notes say which class has which, and which
-classes had no cells.
+n = 19 (its smallest p-value is 1 / (n + 1)), so the sets are marginal: over cells like the labelled ones, the
+true class is in the set 95% of the time on average over classes, not for each class. The checkpoint's notes say
+so, and which classes had no cells.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from cellnet import __version__
-from cellnet.calibrate import Calibration, fit_temperature, softmax
+from cellnet.calibrate import Calibration, fit_conformal, fit_temperature, softmax
 from cellnet.canonicalize import Canonicalization
 from cellnet.checkpoint import Checkpoint, in_memory, save_checkpoint
 from cellnet.colour import colour_stats
@@ -42,7 +39,6 @@ from cellnet.constants import AUTO, FRAMING_ZOOMS
 from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.evaluate import labels_for
-from cellnet.lab_conformal import LabConformal, lab_conformal
 from cellnet.model import CellNet
 from cellnet.ood import OODDetector, fit_ood_transferred, with_framing
 from cellnet.parent import load_parent
@@ -88,7 +84,6 @@ class Finetuned:
     oof_accuracy: float
     notes: tuple[str, ...]
     seconds: float
-    conformal: LabConformal
     canonicalization: Canonicalization | None = None
 
 
@@ -151,10 +146,8 @@ def finetune(
 
         members = [fit(config, data.subset(tr), None, early_stopping=False, on_epoch=tick).model for tr, _ in splits]
         final = fit(config, data, None, early_stopping=False, on_epoch=tick)
-    calibration, conformal, oof_accuracy = cross_fitted_calibration(
-        parent, final.model, members, splits, data, config, coverage
-    )
-    notes = promise_notes(parent, counts, k, choice, conformal)
+    calibration, oof_accuracy = cross_fitted_calibration(parent, final.model, members, splits, data, config, coverage)
+    notes = promise_notes(parent, counts, k, choice)
     calibration = dataclasses.replace(calibration, notes=(*calibration.notes, *notes))
     provenance = {
         "finetuned_from": str(Path(checkpoint).resolve()),
@@ -180,7 +173,7 @@ def finetune(
     )
     seconds = time.perf_counter() - started
     named = {parent.classes[c]: int(counts[c]) for c in range(len(counts))}
-    return Finetuned(path, named, k, oof_accuracy, calibration.notes, seconds, conformal, choice)
+    return Finetuned(path, named, k, oof_accuracy, calibration.notes, seconds, choice)
 
 
 def cross_fitted_calibration(
@@ -191,10 +184,10 @@ def cross_fitted_calibration(
     data: CellData,
     config: TrainConfig,
     coverage: float,
-) -> tuple[Calibration, LabConformal, float]:
-    """Temperature and conformal scores (cellnet.lab_conformal) from the out-of-fold logits of `members`; the new
-    lab's OOD statistics (classes with cells only) with the threshold transferred to `final`, its framing check, the
-    lab's colour. Returns (calibration, the conformal choice, out-of-fold accuracy)."""
+) -> tuple[Calibration, float]:
+    """Temperature and pooled conformal scores from the out-of-fold logits of `members`; the new lab's OOD
+    statistics (classes with cells only) with the threshold transferred to `final`, its framing check, the lab's
+    colour. Returns (calibration, out-of-fold accuracy)."""
     n, c = len(data), len(data.classes)
     kind = final.feature_kind
     precision = inference_precision(next(final.parameters()).device)  # every pass below, recorded in the calibration
@@ -217,29 +210,27 @@ def cross_fitted_calibration(
         per_fold.append((outputs(model, data.images[train]).features, lab[train], out.features))
     assert features is not None
     temperature = fit_temperature(logits, data.labels)
-    inherited = parent.calibration.conformal if parent.calibration is not None else None
-    conformal = lab_conformal(softmax(logits, temperature), data.labels, inherited, coverage)
+    conformal = fit_conformal(softmax(logits, temperature), data.labels, c, mondrian=False)
     seen = outputs(final, data.images).features
     stats, threshold = fit_ood_transferred(seen, lab, len(present), per_fold, FALSE_ALARM, seed=config.seed)
     detector = OODDetector((stats,), (threshold,), FALSE_ALARM, kind, "transferred")
     zoomed = np.stack([outputs(final, z).features for z in zoomed_copies(data.images, FRAMING_ZOOMS)])
     detector = with_framing(detector, [seen], [zoomed], FRAMING_ZOOMS)
     colour = colour_stats(data.images)
-    calibration = Calibration(temperature, coverage, conformal.scores, detector, colour=colour, precision=precision)
-    return calibration, conformal, float((logits.argmax(axis=1) == data.labels).mean())
+    calibration = Calibration(temperature, coverage, conformal, detector, colour=colour, precision=precision)
+    return calibration, float((logits.argmax(axis=1) == data.labels).mean())
 
 
 def promise_notes(
-    parent: Checkpoint, counts: np.ndarray, folds: int, choice: Canonicalization | None, conformal: LabConformal
+    parent: Checkpoint, counts: np.ndarray, folds: int, choice: Canonicalization | None
 ) -> tuple[str, ...]:
     """What the fine-tuned checkpoint promises, said where predict and evaluate show it."""
     have = {parent.classes[i]: int(q) for i, q in enumerate(counts) if q}
     notes = [
         f"fine-tuned from {parent.path} on {int(counts.sum())} labelled cells ({have}), calibrated by {folds}-fold "
-        "cross-fitting on the same cells; the OOD statistics describe this lab's cells",
-        f"prediction sets: {conformal.describe(parent.classes)} -- pooled sets cover on average over classes, not "
-        "for each class (a class with n cells cannot be promised more finely than n / (n + 1)); a class's parent's "
-        "sets hold for it as far as its labelled cells could check",
+        "cross-fitting on the same cells: the prediction sets are pooled over the classes (marginal), so their "
+        "coverage holds on average over classes, not for each class (a class with n cells cannot be promised more "
+        "finely than n / (n + 1)); the OOD statistics describe this lab's cells"
     ]
     missing = [name for name, q in zip(parent.classes, counts) if not q]
     if missing:
