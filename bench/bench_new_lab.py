@@ -10,7 +10,9 @@ tecom):
              the validation cells centre-cropped, full-frame, restained (suite's stain_macenko, color_planckian),
              full-frame and restained; and cellavision (the development lab). Finetune on cellavision: 5 labelled
              cells per class of the classes with >= 12 cells, scored on the rest (`--ft-sweep`: 10 a class, its
-             learning rate x steps per cell x canonicalize-first grid, two label draws each).
+             learning rate, steps per cell and canonicalize-first changed one at a time, two label draws each).
+  --runs DIR --finetune-only LAB   finetune alone from those deployed models (cellavision: choices, `--ft-sweep`
+             the schedules above; tecom: the report's finetune rows).
   (default)  for reports. The deployed models of bench_deployed runs (`--runs DIR`: DIR/seed<S>/search/best, each
              searched on the whole design part) on the report part centre-cropped and full-frame, and on tecom (the
              report lab); finetune on tecom's classes with >= 20 cells, 5 and 10 labelled per class, 5 seeds each,
@@ -172,6 +174,31 @@ def as_model_labels(cells: Any, classes: tuple[str, ...]) -> np.ndarray:
 # Report mode: the deployed models of bench_deployed runs
 
 
+MIN_CELLS = {DESIGN_LAB: 12, REPORT_LAB: 20}  # the classes a lab's finetune labels cells of
+
+
+def finetune_only(
+    runs: Path, seeds: list[int], ft_seeds: list[int], size: int, lab_name: str, sweep: bool
+) -> list[dict]:
+    """Finetune alone from the deployed models (`--finetune-only LAB`): 5 and 10 labelled cells a class of LAB's
+    classes with MIN_CELLS, scored on the rest (cellavision: for choices; tecom: the report's finetune rows).
+    `sweep`: ten a class, each of FT_SWEEP's schedules instead."""
+    from cellnet.checkpoint import load_checkpoint
+
+    lab = lab_cells(lab_name, size)
+    lab2 = lab_cells(lab_name, 2 * size) if sweep else lab
+    rows: list[dict] = []
+    for seed in seeds:
+        best = runs / f"seed{seed}" / "search" / "best"
+        y = as_model_labels(lab, load_checkpoint(best).classes)
+        ways = [(10, how) for how in FT_SWEEP] if sweep else [(5, {}), (10, {})]
+        for per_class, how in ways:
+            cells = lab2 if how.get("canonicalize") else lab
+            ft = finetune_rows(best, cells, y, per_class, MIN_CELLS[lab_name], ft_seeds, lab_name, **how)
+            rows += [{**r, "model_seed": seed} for r in ft]
+    return rows
+
+
 def report(runs: Path, seeds: list[int], ft_seeds: list[int], size: int) -> list[dict]:
     from bench.real_data import report_split
     from cellnet.checkpoint import load_checkpoint
@@ -194,7 +221,7 @@ def report(runs: Path, seeds: list[int], ft_seeds: list[int], size: int) -> list
         ):
             rows.append({**row, "seed": seed})
         for per_class in (5, 10):
-            ft = finetune_rows(best, tecom, y, per_class, 20, ft_seeds, REPORT_LAB)
+            ft = finetune_rows(best, tecom, y, per_class, MIN_CELLS[REPORT_LAB], ft_seeds, REPORT_LAB)
             rows += [{**r, "model_seed": seed} for r in ft]
     return rows
 
@@ -227,11 +254,11 @@ def calibrated_design_model(recipe: str, seed: int, epochs: int, size: int) -> t
     return dataclasses.replace(ckpt, calibration=calibration), val, scored, train.images
 
 
-FT_SWEEP = [
-    {"lr": lr, "steps_per_cell": steps, "canonicalize": canon}
-    for lr in (1e-3, 3e-4)
-    for steps in (2, 4)
-    for canon in (False, True)
+FT_SWEEP = [  # one change at a time from finetune's defaults (1e-3, 2 steps a cell, the cells as they are)
+    {"lr": 1e-3, "steps_per_cell": 2, "canonicalize": False},
+    {"lr": 3e-4, "steps_per_cell": 2, "canonicalize": False},
+    {"lr": 1e-3, "steps_per_cell": 4, "canonicalize": False},
+    {"lr": 1e-3, "steps_per_cell": 2, "canonicalize": True},
 ]
 
 
@@ -303,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--no-finetune", action="store_true")
-    parser.add_argument("--ft-sweep", action="store_true", help="--design: finetune's lr x steps x canonicalize")
+    parser.add_argument("--ft-sweep", action="store_true", help="finetune's lr, steps, canonicalize")
+    parser.add_argument("--finetune-only", choices=sorted(MIN_CELLS), help="with --runs: finetune on this lab only")
     args = parser.parse_args(argv)
     if skip(args, "bench_new_lab", quick="~15 min per model", real_cells=True):
         return 0
@@ -311,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = design(args.recipe, args.seeds, args.epochs, args.size, not args.no_finetune, args.ft_sweep)
     elif args.runs is None:
         parser.error("--runs DIR (bench_deployed's runs) or --design")
+    elif args.finetune_only:
+        rows = finetune_only(args.runs, args.seeds, args.ft_seeds, args.size, args.finetune_only, args.ft_sweep)
     else:
         rows = report(args.runs, args.seeds, [] if args.no_finetune else args.ft_seeds, args.size)
     summary(rows)
