@@ -8,7 +8,9 @@
       ─ cross-fitting: k stratified folds over the cells -> k fine-tuned models -> every cell's out-of-fold logits
         and features -> temperature, conformal scores pooled over the classes (marginal: see ConformalScores), the
         new lab's OOD statistics (their threshold transferred to the final model as a search's refit's is)
-      ─ the final model: fine-tuned on all the cells; its framing check and the lab's colour statistics
+      ─ the final model: fine-tuned on all the cells; its framing check (its 1% budget judged on the fold models'
+        out-of-fold cells: cells the final model trained on read more typical than the rest of the lab) and the
+        lab's colour statistics
       ─ DIR: a normal calibrated checkpoint (predict, evaluate, export), CK's weights hash in its provenance
 
 What it promises: with n cells of a class, no class-conditional 95% set can ever leave that class out below
@@ -40,7 +42,7 @@ from cellnet.data.dataset import CellData
 from cellnet.errors import DataError
 from cellnet.evaluate import labels_for
 from cellnet.model import CellNet
-from cellnet.ood import OODDetector, fit_ood_transferred, with_framing
+from cellnet.ood import OODDetector, fit_ood_transferred, framing_budget_on, with_framing
 from cellnet.parent import load_parent
 from cellnet.precision import inference_precision
 from cellnet.predict import canonical_choice, infer
@@ -216,6 +218,7 @@ def cross_fitted_calibration(
     detector = OODDetector((stats,), (threshold,), FALSE_ALARM, kind, "transferred")
     zoomed = np.stack([outputs(final, z).features for z in zoomed_copies(data.images, FRAMING_ZOOMS)])
     detector = with_framing(detector, [seen], [zoomed], FRAMING_ZOOMS)
+    detector = framing_budget_on(detector, [features])  # its 1% judged on cells their (fold) model never saw
     colour = colour_stats(data.images)
     calibration = Calibration(temperature, coverage, conformal, detector, colour=colour, precision=precision)
     return calibration, float((logits.argmax(axis=1) == data.labels).mean())
