@@ -42,6 +42,7 @@ from bench.common import bench_parser, dump_json, mean_sd, skip
 
 WAYS = ("zero-shot", "canonicalize", "adapt", "canonicalize+adapt")
 REPORT_LAB, DESIGN_LAB = "tecom", "cellavision"
+MIN_CELLS = {DESIGN_LAB: 12, REPORT_LAB: 20}  # the classes a lab's finetune labels cells of
 
 
 def lab_cells(lab: str, size: int) -> Any:
@@ -174,9 +175,6 @@ def as_model_labels(cells: Any, classes: tuple[str, ...]) -> np.ndarray:
 # Report mode: the deployed models of bench_deployed runs
 
 
-MIN_CELLS = {DESIGN_LAB: 12, REPORT_LAB: 20}  # the classes a lab's finetune labels cells of
-
-
 def finetune_only(
     runs: Path, seeds: list[int], ft_seeds: list[int], size: int, lab_name: str, sweep: bool
 ) -> list[dict]:
@@ -293,10 +291,11 @@ def design(recipe: str, seeds: list[int], epochs: int, size: int, finetune: bool
                     image_size=ckpt.image_size, mean=ckpt.mean, std=ckpt.std, metrics={}, calibration=ckpt.calibration,
                 )  # fmt: skip
                 if not sweep:
-                    rows += finetune_rows(parent, lab, y, 5, 12, [seed], DESIGN_LAB)
+                    rows += finetune_rows(parent, lab, y, 5, MIN_CELLS[DESIGN_LAB], [seed], DESIGN_LAB)
                 for how in FT_SWEEP if sweep else []:  # ten a class: --canonicalize chooses on >= 32 cells
                     cells = lab2 if how["canonicalize"] else lab
-                    rows += finetune_rows(parent, cells, y, 10, 12, [seed, seed + 100], DESIGN_LAB, **how)
+                    draws = [seed, seed + 100]
+                    rows += finetune_rows(parent, cells, y, 10, MIN_CELLS[DESIGN_LAB], draws, DESIGN_LAB, **how)
     return rows
 
 
